@@ -1,0 +1,80 @@
+"""Every COLLX_* environment variable, declared once: name, type, default, doc.
+
+``python -m collx.config`` prints the table with the values in effect. Code reads knobs
+only through ``get(name)`` so that an unknown name is a bug caught at once.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    type: Callable[[str], Any]
+    default: Any
+    doc: str
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+KNOBS: dict[str, Knob] = {k.name: k for k in [
+    # identity, set by the launcher (collxrun) or derived from mpirun's variables
+    Knob("COLLX_RANK", int, None, "this process's rank in the world (launcher sets it)"),
+    Knob("COLLX_SIZE", int, None, "number of ranks in the world"),
+    Knob("COLLX_LOCAL_RANK", int, None, "rank among the processes of this host"),
+    Knob("COLLX_LOCAL_SIZE", int, None, "number of ranks on this host"),
+    Knob("COLLX_CROSS_RANK", int, None, "index of this host among the hosts"),
+    Knob("COLLX_CROSS_SIZE", int, None, "number of hosts"),
+    Knob("COLLX_STORE_ADDR", str, None, "host:port of the rendezvous store (launcher sets it)"),
+    Knob("COLLX_SECRET", str, None, "job secret; every store and data connection proves it "
+         "holds it (HMAC challenge) before anything else is exchanged"),
+    # behaviour
+    Knob("COLLX_TIMEOUT", float, 300.0, "seconds any blocking call may take before "
+         "CollxTimeout (per call: timeout=)"),
+    Knob("COLLX_PEER_TIMEOUT", float, 10.0, "seconds within which a vanished peer host "
+         "(no FIN/RST, e.g. a cut link) is declared dead via TCP keepalive"),
+    Knob("COLLX_TRANSPORT", str, "auto", "auto | shm | tcp: 'tcp' forces TCP even between "
+         "ranks of one host"),
+    Knob("COLLX_HOST_ADDR", str, None, "address peers reach this rank's data listener on "
+         "(default: the local address of the route to the store)"),
+    Knob("COLLX_CHUNK_BYTES", int, 1 << 20, "pipelining chunk of ring schedules, bytes"),
+    Knob("COLLX_SHM_EAGER_BYTES", int, 16384, "messages up to this size are copied through "
+         "the shared-memory queue; larger ones are read directly from the sender's memory"),
+    Knob("COLLX_LOG", str, "warning", "log level: debug | info | warning | error"),
+    Knob("COLLX_BOOTSTRAP", str, "auto", "auto | env | mpi: where init() reads rank/size"),
+]}
+
+
+def get(name: str) -> Any:
+    """Value of knob ``name`` from the environment, or its default."""
+    knob = KNOBS[name]
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return knob.default
+    if knob.type is bool:
+        return _bool(text)
+    try:
+        return knob.type(text)
+    except ValueError as exc:
+        from .errors import InvalidUsage
+        raise InvalidUsage(f"{name}={text!r} is not a valid {knob.type.__name__}; "
+                           f"{knob.doc}") from exc
+
+
+def describe() -> str:
+    rows = []
+    for knob in KNOBS.values():
+        value = os.environ.get(knob.name)
+        shown = "<set>" if knob.name == "COLLX_SECRET" and value else value
+        rows.append(f"{knob.name:24} {knob.type.__name__:6} default={knob.default!s:10} "
+                    f"now={shown!s:10} {knob.doc}")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(describe())
