@@ -47,6 +47,9 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
          "the shared-memory queue; larger ones are read directly from the sender's memory"),
     Knob("COLLX_LOG", str, "warning", "log level: debug | info | warning | error"),
     Knob("COLLX_BOOTSTRAP", str, "auto", "auto | env | mpi: where init() reads rank/size"),
+    # launcher (collxrun)
+    Knob("COLLX_GRACE", float, 5.0, "seconds collxrun waits after SIGTERM before it "
+         "SIGKILLs the ranks' process groups (collxrun --grace overrides)"),
 ]}
 
 

@@ -7,7 +7,7 @@ from array import array
 
 from .ir import Schedule
 
-STEP_FORMAT = "<BBBBiQQQiiI"
+STEP_FORMAT = "<BBBBiQQQiiQ"
 STEP_SIZE = struct.calcsize(STEP_FORMAT)
 assert STEP_SIZE == 48
 

@@ -70,7 +70,7 @@ typedef enum cx_step_kind {
 } cx_step_kind;
 
 /* One step, 48 bytes, little-endian, exactly as collx/algos/pack.py writes it
- * (struct format "<BBBBiQQQii" + 4 pad bytes -> "<BBBBiQQQiiI"). */
+ * (struct format "<BBBBiQQQiiQ"). */
 typedef struct cx_step {
     uint8_t kind;      /* cx_step_kind */
     uint8_t buf;       /* destination / send buffer id */
@@ -82,7 +82,7 @@ typedef struct cx_step {
     uint64_t nbytes;   /* bytes (a multiple of the dtype size) */
     int32_t dep_start; /* index of the first dependency in the plan's deps array */
     int32_t ndeps;     /* steps (indices into this rank's step list) that must be done first */
-    uint32_t pad;
+    uint64_t pad;      /* reserved, 0 */
 } cx_step;
 
 _Static_assert(sizeof(cx_step) == 48, "cx_step must stay 48 bytes (collx/algos/pack.py)");

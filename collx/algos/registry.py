@@ -1,0 +1,103 @@
+"""One entry point from (op, sizes, root, algorithm name) to a Schedule.
+
+``ALGORITHMS[op][name]`` holds a builder taking the uniform keyword arguments of
+``build_schedule`` (``n, count, counts, send_counts, root, chunk_count``); a new algorithm
+registers one more name with ``register``. ``DEFAULT[op]`` is the name used when ``algo`` is
+None (collx/topo's selection passes a name explicitly). Nothing is cached here: the runtime
+caches schedules per (op, sizes, root, algorithm).
+
+Buffer conventions (elements; the Schedule's in/out/scratch counts say the same per rank):
+  allreduce      count        IN = OUT = count on every rank
+  allgather      counts[r]    IN = counts[r], OUT = sum(counts), rank order
+  reducescatter  counts[r]    IN = sum(counts) (rank order), OUT = counts[r]
+  alltoall       send_counts  IN = sum(row r) by dst, OUT = sum(column r) by src
+  broadcast      count, root  IN = count on root (0 elsewhere), OUT = count everywhere
+  reduce         count, root  IN = count everywhere, OUT = count on root (0 elsewhere)
+  gather         counts, root IN = counts[r], OUT = sum(counts) on root (0 elsewhere)
+  scatter        counts, root IN = sum(counts) on root (0 elsewhere), OUT = counts[r]
+  barrier        -            no buffers
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+from .binomial import (binomial_barrier, binomial_broadcast, binomial_gather, binomial_reduce,
+                       binomial_scatter)
+from .common import check_chunk, check_count, check_counts, check_n, check_root, even_split
+from .ir import Schedule
+from .pairwise import pairwise_alltoall
+from .ring import ring_allgather, ring_allreduce, ring_reducescatter
+
+__all__ = ["ALGORITHMS", "DEFAULT", "OPS", "build_schedule", "even_split", "register"]
+
+Builder = Callable[..., Schedule]
+ALGORITHMS: dict[str, dict[str, Builder]] = {}
+DEFAULT: dict[str, str] = {}
+
+# which size argument each op takes
+_BY_COUNT = ("allreduce", "broadcast", "reduce")
+_BY_COUNTS = ("allgather", "reducescatter", "gather", "scatter")
+_ROOTED = ("broadcast", "reduce", "gather", "scatter")
+OPS = _BY_COUNT + _BY_COUNTS + ("alltoall", "barrier")
+
+
+def register(op: str, name: str, fn: Builder, default: bool = False) -> None:
+    """Add algorithm ``name`` for ``op``; ``fn(n, *, count, counts, send_counts, root,
+    chunk_count) -> Schedule`` receives already validated arguments."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; ops are {', '.join(OPS)}")
+    ALGORITHMS.setdefault(op, {})[name] = fn
+    if default or op not in DEFAULT:
+        DEFAULT[op] = name
+
+
+register("allreduce", "ring",
+         lambda n, count, chunk_count, **_: ring_allreduce(n, count, chunk_count))
+register("allgather", "ring",
+         lambda n, counts, chunk_count, **_: ring_allgather(counts, chunk_count))
+register("reducescatter", "ring",
+         lambda n, counts, chunk_count, **_: ring_reducescatter(counts, chunk_count))
+register("alltoall", "pairwise", lambda n, send_counts, **_: pairwise_alltoall(send_counts))
+register("broadcast", "binomial",
+         lambda n, count, root, chunk_count, **_: binomial_broadcast(n, count, root,
+                                                                     chunk_count))
+register("reduce", "binomial",
+         lambda n, count, root, chunk_count, **_: binomial_reduce(n, count, root, chunk_count))
+register("gather", "binomial", lambda n, counts, root, **_: binomial_gather(counts, root))
+register("scatter", "binomial", lambda n, counts, root, **_: binomial_scatter(counts, root))
+register("barrier", "binomial", lambda n, **_: binomial_barrier(n))
+
+
+def build_schedule(op: str, world_size: int, *, count: int = 0,
+                   counts: Optional[Sequence[int]] = None,
+                   send_counts: Optional[Sequence[Sequence[int]]] = None, root: int = 0,
+                   chunk_count: int = 0, algo: Optional[str] = None) -> Schedule:
+    """Build the schedule of ``op`` for ``world_size`` ranks with algorithm ``algo`` (None:
+    ``DEFAULT[op]``). Sizes: ``count`` for allreduce/broadcast/reduce, ``counts`` (one entry
+    per rank) for allgather/reducescatter/gather/scatter, ``send_counts`` (n x n) for
+    alltoall. Raises ValueError naming the bad argument."""
+    if op not in ALGORITHMS:
+        raise ValueError(f"unknown op {op!r}; ops are {', '.join(OPS)}")
+    n = check_n(world_size)
+    name = DEFAULT[op] if algo is None else algo
+    fn = ALGORITHMS[op].get(name)
+    if fn is None:
+        raise ValueError(f"no algorithm {name!r} for {op}; known: "
+                         f"{', '.join(sorted(ALGORITHMS[op]))}")
+    count = check_count(count)
+    chunk_count = check_chunk(chunk_count)
+    root = check_root(root, n) if op in _ROOTED else 0
+    if op in _BY_COUNTS:
+        if counts is None:
+            raise ValueError(f"{op} needs counts= (elements per rank, {n} entries); use "
+                             "even_split(total, n) to split a total evenly")
+        counts = check_counts(counts, n)
+    if op == "alltoall":
+        if send_counts is None:
+            raise ValueError("alltoall needs send_counts= (n x n, send_counts[src][dst])")
+        if len(send_counts) != n:
+            raise ValueError(f"send_counts has {len(send_counts)} rows for world size {n}")
+        send_counts = [check_counts(row, n, what=f"send_counts[{i}]")
+                       for i, row in enumerate(send_counts)]
+    return fn(n, count=count, counts=counts, send_counts=send_counts, root=root,
+              chunk_count=chunk_count)

@@ -1,0 +1,6 @@
+"""``python -m collx.runner`` is collxrun."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,102 @@
+"""``collxrun`` / ``python -m collx.runner``: start N ranks of a command, horovodrun-style.
+
+    collxrun -np 4 python train.py
+    collxrun -np 2 -H localhost:2 --timeout 600 python train.py --lr 0.1
+
+collxrun makes a fresh job secret, serves the rendezvous store (TCPStoreServer on
+127.0.0.1) from its own threads, starts every rank with COLLX_RANK, COLLX_SIZE,
+COLLX_LOCAL_RANK, COLLX_LOCAL_SIZE, COLLX_CROSS_RANK, COLLX_CROSS_SIZE, COLLX_STORE_ADDR and
+COLLX_SECRET, prefixes their output with ``[rank]<stdout>:``/``[rank]<stderr>:``, and takes
+the whole job down when any rank fails. Its exit code is the first failing rank's (128+N
+for a death by signal N), 124 on --timeout, 0 when every rank succeeded.
+
+Imports only collx.config, collx.errors and collx.rendezvous: it works without collx._C.
+"""
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+
+from .. import config
+from ..errors import CollxError
+from ..rendezvous import TCPStoreServer
+from . import local
+from .spec import parse_hosts, plan
+
+_VALUE_OPTS = {"-np", "--num-proc", "-H", "--hosts", "--timeout", "--grace"}
+_FLAG_OPTS = {"--no-prefix", "-h", "--help"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="collxrun", usage="collxrun -np N [options] command [args...]",
+        description="Start N ranks of a command for collx (horovodrun-compatible local "
+                    "form). Output lines are prefixed [rank]<stdout>: / [rank]<stderr>:.")
+    p.add_argument("-np", "--num-proc", dest="np", type=int, required=True,
+                   help="number of ranks to start")
+    p.add_argument("-H", "--hosts", default=None,
+                   help="host:slots,... (only this machine for now, e.g. localhost:4)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="wall-clock limit of the whole job in seconds; exit 124 past it")
+    p.add_argument("--grace", type=float, default=None,
+                   help="seconds between SIGTERM and SIGKILL when tearing the job down "
+                        "(default COLLX_GRACE=%(default)s -> 5)")
+    p.add_argument("--no-prefix", action="store_true",
+                   help="pass rank output through unchanged (no [rank] prefix)")
+    return p
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split into (collxrun options, command): the command starts at the first token that
+    is not an option or an option's value, or after ``--``. Done by hand so that the
+    command's own options (``python -u -c ...``) are never taken for collxrun's."""
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            return argv[:i], argv[i + 1:]
+        if tok in _VALUE_OPTS:
+            i += 2
+        elif tok in _FLAG_OPTS or (tok.startswith("--") and "=" in tok
+                                    and tok.split("=", 1)[0] in _VALUE_OPTS):
+            i += 1
+        elif tok.startswith("-"):
+            i += 1  # unknown option: argparse reports it
+        else:
+            return argv[:i], argv[i:]
+    return argv, []
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of collxrun; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    opts, command = split_argv(argv)
+    parser = _parser()
+    try:
+        args = parser.parse_args(opts)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if not command:
+        parser.print_usage(sys.stderr)
+        sys.stderr.write("collxrun: error: no command given\n")
+        return 2
+    try:
+        specs = plan(args.np, parse_hosts(args.hosts) if args.hosts else None)
+        grace = args.grace if args.grace is not None else config.get("COLLX_GRACE")
+        if grace < 0 or (args.timeout is not None and args.timeout <= 0):
+            raise CollxError("--grace must be >= 0 and --timeout > 0")
+    except CollxError as exc:
+        sys.stderr.write(f"collxrun: error: {exc}\n")
+        return 2
+    secret = secrets.token_hex(32)
+    server = TCPStoreServer("127.0.0.1", 0, secret=secret.encode()).start()
+    try:
+        return local.run(specs, command, store_addr=server.address, secret=secret,
+                         grace=grace, timeout=args.timeout, prefix=not args.no_prefix)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Runtime: the communicator, the collectives on buffers, and the one background worker."""

@@ -1,0 +1,128 @@
+"""Start-up: find out who we are (collxrun's environment, mpirun's, or nothing = one
+process), meet the others through the store, and connect the mesh."""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from typing import Any
+
+from .. import _C, config
+from ..errors import InvalidUsage
+from ..rendezvous import TCPStore, TCPStoreServer, auth
+from ..transports.mesh import connect_mesh
+from .communicator import Communicator
+
+_MPI_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+_MPI_LOCAL_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PALS_LOCAL_RANKID")
+
+
+def _mode() -> str:
+    mode = config.get("COLLX_BOOTSTRAP")
+    if mode not in ("auto", "env", "mpi"):
+        raise InvalidUsage(f"COLLX_BOOTSTRAP={mode!r}: use auto, env or mpi")
+    if mode != "auto":
+        return mode
+    if os.environ.get("COLLX_RANK") is not None:
+        return "env"
+    if any(os.environ.get(v) is not None for v in _MPI_RANK_VARS):
+        return "mpi"
+    return "single"
+
+
+def _env_int(name: str) -> int:
+    value = config.get(name)
+    if value is None:
+        raise InvalidUsage(f"collx.init: {name} is not set; start the job with collxrun (or set "
+                           f"COLLX_RANK, COLLX_SIZE, COLLX_STORE_ADDR and COLLX_SECRET)")
+    return value
+
+
+def _from_env(timeout: float) -> tuple[int, int, Any, bytes, Any]:
+    rank, size = _env_int("COLLX_RANK"), _env_int("COLLX_SIZE")
+    if not 0 <= rank < size:
+        raise InvalidUsage(f"collx.init: COLLX_RANK={rank} is outside COLLX_SIZE={size}")
+    secret = auth.secret_from_env()
+    if size == 1:
+        return rank, size, None, secret, None
+    addr = config.get("COLLX_STORE_ADDR")
+    if not addr:
+        raise InvalidUsage("collx.init: COLLX_STORE_ADDR is not set; start the job with collxrun")
+    if not secret:
+        raise InvalidUsage("collx.init: COLLX_SECRET is not set; every rank must hold the job "
+                           "secret (collxrun sets it)")
+    return rank, size, TCPStore(addr, secret, timeout=timeout), secret, None
+
+
+def _from_mpi(timeout: float) -> tuple[int, int, Any, bytes, Any]:
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise InvalidUsage("collx.init: running under mpirun needs mpi4py built against that MPI "
+                           "(pip install mpi4py), or launch with collxrun instead") from None
+    world = MPI.COMM_WORLD
+    rank, size = world.Get_rank(), world.Get_size()
+    server = None
+    if size == 1:
+        return rank, size, None, b"", None
+    if rank == 0:
+        host = config.get("COLLX_HOST_ADDR") or _routable_address()
+        secret_text = secrets.token_hex(32)
+        server = TCPStoreServer(host="0.0.0.0", port=0, secret=secret_text.encode()).start()
+        port = int(server.address.rsplit(":", 1)[1])
+        info = (f"{host}:{port}", secret_text)
+    else:
+        info = None
+    addr, secret_text = world.bcast(info, root=0)   # MPI is the trusted channel here
+    secret = secret_text.encode()
+    return rank, size, TCPStore(addr, secret, timeout=timeout), secret, server
+
+
+def _routable_address() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def _locality(rank: int, records: list) -> tuple[int, int, int, int]:
+    hosts: list[str] = []
+    for rec in records:
+        if rec.host_id not in hosts:
+            hosts.append(rec.host_id)
+    mine = records[rank].host_id
+    local = [r.rank for r in records if r.host_id == mine]
+    return local.index(rank), len(local), hosts.index(mine), len(hosts)
+
+
+def _override(name: str, value: int, alternatives: tuple[str, ...] = ()) -> int:
+    env = config.get(name)
+    if env is not None:
+        return env
+    for var in alternatives:
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return value
+
+
+def init_communicator(timeout: float | None = None) -> Communicator:
+    """Build this process's world communicator."""
+    timeout = config.get("COLLX_TIMEOUT") if timeout is None else float(timeout)
+    mode = _mode()
+    if mode == "single":
+        return Communicator(0, 1, timeout=timeout)
+    rank, size, store, secret, server = (_from_env if mode == "env" else _from_mpi)(timeout)
+    comm = Communicator(rank, size, timeout=timeout, store=store)
+    comm.store_server = server  # type: ignore[attr-defined]  # kept alive with the comm
+    if size == 1:
+        return comm
+    _C.shm_allow_cma()
+    generation = store.add(f"collx/generation/{rank}", 1)
+    records, comm.transports = connect_mesh(comm.ccomm, store, rank, size, secret, timeout,
+                                            prefix=f"collx/g{generation}")
+    lr, ls, cr, cs = _locality(rank, records)
+    comm.local_rank = _override("COLLX_LOCAL_RANK", lr, _MPI_LOCAL_VARS if mode == "mpi" else ())
+    comm.local_size = _override("COLLX_LOCAL_SIZE", ls)
+    comm.cross_rank = _override("COLLX_CROSS_RANK", cr)
+    comm.cross_size = _override("COLLX_CROSS_SIZE", cs)
+    return comm

@@ -1,0 +1,75 @@
+"""Buffer acquisition and dtype mapping: every collective goes through ``as_array``.
+
+Any C-contiguous object numpy can view without a copy is accepted (numpy arrays,
+memoryview, bytearray, array.array, objects with the buffer protocol). Reductions need a
+dtype with a C kernel; moves (broadcast, gather, alltoall ...) accept any dtype and travel
+as bytes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _C
+from ..errors import InvalidUsage
+
+_CODES: dict[str, int] = {name: code for code, name in enumerate(_C.DTYPE_NAMES)}
+BYTE_CODE = _C.UINT8
+
+
+def dtype_code(dtype: np.dtype) -> int | None:
+    """The C dtype code for a numpy dtype, or None when there is no kernel for it."""
+    if dtype.byteorder == ">" or (dtype.byteorder == "=" and not np.little_endian):
+        return None
+    return _CODES.get(dtype.name)
+
+
+def as_array(x: Any, op: str, what: str = "input", writable: bool = False) -> np.ndarray:
+    """View x as a numpy array without copying; refuse what the C side cannot take."""
+    if isinstance(x, np.ndarray):
+        arr = x
+    else:
+        try:
+            arr = np.asarray(memoryview(x))
+        except TypeError:
+            raise InvalidUsage(f"collx.{op}: {what} of type {type(x).__name__} does not expose "
+                               f"a buffer; pass a numpy array (or a torch tensor through "
+                               f"collx.torch)") from None
+    if not arr.flags.c_contiguous:
+        raise InvalidUsage(f"collx.{op}: {what} is not C-contiguous (shape {arr.shape}, strides "
+                           f"{arr.strides}); pass np.ascontiguousarray(x)")
+    if writable and not arr.flags.writeable:
+        raise InvalidUsage(f"collx.{op}: {what} is read-only; pass a writable array as out=")
+    if arr.dtype.hasobject:
+        raise InvalidUsage(f"collx.{op}: {what} has dtype object; collx moves raw buffers only")
+    return arr
+
+
+def reduce_code(arr: np.ndarray, op: str) -> int:
+    code = dtype_code(arr.dtype)
+    if code is None:
+        raise InvalidUsage(f"collx.{op}: no reduction kernel for dtype {arr.dtype}; supported: "
+                           f"{', '.join(_C.DTYPE_NAMES)} (native byte order)")
+    return code
+
+
+def check_out(out: Any, op: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Validate a caller's out= (or allocate one)."""
+    if out is None:
+        return np.empty(shape, dtype)
+    arr = as_array(out, op, "out", writable=True)
+    if arr.shape != tuple(shape) or arr.dtype != dtype:
+        raise InvalidUsage(f"collx.{op}: out has shape {arr.shape} and dtype {arr.dtype}; "
+                           f"this call needs shape {tuple(shape)} and dtype {dtype}")
+    return arr
+
+
+def same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when a and b are exactly the same bytes (an in-place call)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.nbytes == b.nbytes)
+
+
+def overlaps(a: np.ndarray, b: np.ndarray) -> bool:
+    return np.shares_memory(a, b) and not same_memory(a, b)

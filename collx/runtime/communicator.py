@@ -1,0 +1,88 @@
+"""The communicator: this rank's connections (collx._C.Comm) plus a cache of plans.
+
+A plan is one rank's packed schedule validated by C once; it is keyed by everything that
+changes the schedule (op, element counts, item size, root) and replayed on every call with
+the same key. The fingerprint derived from the key travels with every message, so ranks
+that call different collectives fail with MismatchError instead of exchanging garbage.
+"""
+from __future__ import annotations
+
+import threading
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .. import _C, config
+from ..algos.ir import Schedule
+from ..algos.pack import pack_rank
+
+MAX_PLANS = 512
+
+
+@dataclass
+class Plan:
+    capsule: Any
+    fingerprint: int
+    algo: str
+    nsteps: int
+
+
+@dataclass
+class Communicator:
+    rank: int
+    size: int
+    local_rank: int = 0
+    local_size: int = 1
+    cross_rank: int = 0
+    cross_size: int = 1
+    ccomm: Any = None
+    transports: dict[int, str] = field(default_factory=dict)
+    timeout: float = 300.0
+    store: Any = None
+    _plans: "OrderedDict[tuple, Plan]" = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.ccomm is None:
+            self.ccomm = _C.Comm(self.rank, self.size)
+
+    def transport_name(self) -> str:
+        kinds = sorted(set(self.transports.values()))
+        return "+".join(kinds) if kinds else "local"
+
+    def chunk_count(self, itemsize: int) -> int:
+        return max(1, config.get("COLLX_CHUNK_BYTES") // max(1, itemsize))
+
+    def plan(self, key: tuple, itemsize: int, build: Callable[[], Schedule]) -> Plan:
+        full_key = key + (itemsize,)
+        with self._lock:
+            plan = self._plans.get(full_key)
+            if plan is not None:
+                self._plans.move_to_end(full_key)
+                return plan
+        schedule = build()
+        steps, deps, scratch = pack_rank(schedule, self.rank, itemsize)
+        capsule = self.ccomm.plan(steps, deps, scratch)
+        plan = Plan(capsule, zlib.crc32(repr(full_key).encode()), schedule.algo,
+                    len(schedule.steps[self.rank]))
+        with self._lock:
+            self._plans[full_key] = plan
+            while len(self._plans) > MAX_PLANS:
+                self._plans.popitem(last=False)
+        return plan
+
+    def execute(self, plan: Plan, inbuf: Any, outbuf: Any, dtype: int, redop: int,
+                timeout: float | None) -> None:
+        t = self.timeout if timeout is None else float(timeout)
+        self.ccomm.execute(plan.capsule, inbuf, outbuf, dtype, redop,
+                           self.size if redop == _C.AVERAGE else 1, plan.fingerprint, t)
+
+    def close(self) -> None:
+        if self.ccomm is not None:
+            self.ccomm.close()
+        if self.store is not None:
+            try:
+                self.store.close()
+            except Exception:  # noqa: BLE001 - closing a store that is already gone
+                pass

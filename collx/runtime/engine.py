@@ -1,0 +1,106 @@
+"""The engine: runs prepared jobs in call order, inline or on the one background worker.
+
+Every rank must run its collectives in the same order. Async calls queue their job; a
+synchronous call runs inline on the caller's thread when nothing is queued or running (no
+thread hand-off for a small synchronous message) and otherwise queues behind the pending
+work and waits, so program order is kept either way. The worker is a plain Python thread;
+the C executor it calls releases the GIL.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any, Callable
+
+from ..errors import CollxTimeout, InvalidUsage
+
+
+class Handle:
+    """The future of an async collective: poll() it or synchronize() on it."""
+
+    __slots__ = ("name", "_event", "_result", "_error")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._event = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        if not self._event.wait(timeout):
+            raise CollxTimeout(f"collx.synchronize: {self.name} not done after {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def _finish(self, result: Any, error: BaseException | None) -> None:
+        self._result, self._error = result, error
+        self._event.set()
+
+
+class Engine:
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._queue: deque[tuple[Callable[[], Any], Handle]] = deque()
+        self._busy = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], Any], name: str) -> Handle:
+        handle = Handle(name)
+        with self._cv:
+            if self._closed:
+                raise InvalidUsage(f"collx: {name} after shutdown(); call collx.init() first")
+            self._queue.append((job, handle))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="collx-worker", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+        return handle
+
+    def run(self, job: Callable[[], Any], name: str) -> Any:
+        """Run synchronously, in call order."""
+        with self._cv:
+            inline = not self._queue and not self._busy
+            if inline:
+                self._busy = True
+        if not inline:
+            return self.submit(job, name).wait()
+        try:
+            return job()
+        finally:
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._closed and (not self._queue or self._busy):
+                    self._cv.wait()
+                if self._closed and not self._queue:
+                    return
+                job, handle = self._queue.popleft()
+                self._busy = True
+            try:
+                result, error = job(), None
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller via the handle
+                result, error = None, exc
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+            handle._finish(result, error)
+
+    def drain(self, timeout: float | None = None) -> None:
+        with self._cv:
+            self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)

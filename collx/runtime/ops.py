@@ -1,0 +1,336 @@
+"""The collectives on buffers: validate everything, then return a job that runs the plan.
+
+Each ``prepare_*`` refuses bad input with InvalidUsage *before* anything is sent, allocates
+the output, and returns a zero-argument job that the engine runs inline (synchronous
+calls) or on its worker (async calls). A job may run several plans (e.g. allgather first
+agrees on the per-rank first dimensions); they stay in one job so that every rank runs them
+in the same order.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import _C
+from ..algos.registry import build_schedule, even_split
+from ..errors import InvalidUsage, MismatchError
+from .buffers import BYTE_CODE, as_array, check_out, dtype_code, overlaps, reduce_code
+from .communicator import Communicator
+
+Job = Callable[[], Any]
+REDOPS = {_C.SUM, _C.PROD, _C.MIN, _C.MAX, _C.AVERAGE}
+REDOP_NAMES = {_C.SUM: "Sum", _C.PROD: "Product", _C.MIN: "Min", _C.MAX: "Max", _C.AVERAGE: "Average"}
+
+
+def _check_op(op: int, name: str) -> int:
+    if op not in REDOPS:
+        raise InvalidUsage(f"collx.{name}: unknown reduction op {op!r}; use collx.Sum, "
+                           f"collx.Average, collx.Min, collx.Max or collx.Product")
+    return op
+
+
+def _check_root(comm: Communicator, root: int, name: str) -> int:
+    if not isinstance(root, (int, np.integer)) or not 0 <= root < comm.size:
+        raise InvalidUsage(f"collx.{name}: root_rank={root!r} is not a rank of this job "
+                           f"(0..{comm.size - 1})")
+    return int(root)
+
+
+def _check_peer(comm: Communicator, peer: int, name: str, what: str) -> int:
+    if not isinstance(peer, (int, np.integer)) or not 0 <= peer < comm.size or peer == comm.rank:
+        raise InvalidUsage(f"collx.{name}: {what}={peer!r} must be another rank (0..{comm.size - 1}, "
+                           f"not this rank {comm.rank})")
+    return int(peer)
+
+
+def _move_code(arr: np.ndarray) -> tuple[int, int]:
+    """(dtype code, item size) for a pure data move: any dtype travels as its bytes."""
+    code = dtype_code(arr.dtype)
+    return (code, arr.itemsize) if code is not None else (BYTE_CODE, 1)
+
+
+def _elems(arr: np.ndarray, itemsize: int) -> int:
+    return arr.nbytes // itemsize
+
+
+def _row_elems(arr: np.ndarray) -> int:
+    return math.prod(arr.shape[1:]) if arr.ndim > 1 else 1
+
+
+def _signature(arr: np.ndarray) -> int:
+    """What must agree across ranks apart from the first dimension."""
+    return zlib.crc32(f"{arr.dtype.str}|{arr.shape[1:]}".encode()) & 0x7FFFFFFF
+
+
+# ---------------------------------------------------------------- allreduce ---------------
+
+def prepare_allreduce(comm: Communicator, x: Any, op: int, out: Any, timeout: float | None,
+                      name: str = "allreduce") -> Job:
+    arr = as_array(x, name)
+    _check_op(op, name)
+    code = reduce_code(arr, name)
+    res = check_out(out, name, arr.shape, arr.dtype)
+    if overlaps(arr, res):
+        raise InvalidUsage(f"collx.{name}: out partly overlaps the input; pass the same array "
+                           f"for in-place or a separate one")
+    count = arr.size
+    plan = comm.plan(("allreduce", count), arr.itemsize,
+                     lambda: build_schedule("allreduce", comm.size, count=count,
+                                            chunk_count=comm.chunk_count(arr.itemsize)))
+
+    def job() -> np.ndarray:
+        comm.execute(plan, arr, res, code, op, timeout)
+        return res
+    return job
+
+
+# ---------------------------------------------------------------- broadcast ---------------
+
+def prepare_broadcast(comm: Communicator, x: Any, root: int, out: Any, timeout: float | None,
+                      name: str = "broadcast") -> Job:
+    arr = as_array(x, name)
+    root = _check_root(comm, root, name)
+    res = check_out(out, name, arr.shape, arr.dtype)
+    code, isz = _move_code(arr)
+    count = _elems(arr, isz)
+    plan = comm.plan(("broadcast", count, root), isz,
+                     lambda: build_schedule("broadcast", comm.size, count=count, root=root,
+                                            chunk_count=comm.chunk_count(isz)))
+    src = arr if comm.rank == root else None
+
+    def job() -> np.ndarray:
+        comm.execute(plan, src, res, code, _C.SUM, timeout)
+        return res
+    return job
+
+
+# ---------------------------------------------------------------- allgather / gather ------
+
+def _exchange_rows(comm: Communicator, arr: np.ndarray, timeout: float | None, name: str,
+                   root: int | None = None) -> list[int]:
+    """Agree on every rank's first dimension (and check dtype/trailing shape agree)."""
+    mine = np.array([arr.shape[0] if arr.ndim else 1, _signature(arr)], dtype=np.int64)
+    table = np.empty(2 * comm.size, dtype=np.int64)
+    plan = comm.plan(("allgather-meta", 2), 8,
+                     lambda: build_schedule("allgather", comm.size, counts=[2] * comm.size))
+    comm.execute(plan, mine, table, _C.INT64, _C.SUM, timeout)
+    rows, sigs = table[0::2].tolist(), table[1::2].tolist()
+    bad = [r for r in range(comm.size) if sigs[r] != sigs[comm.rank]]
+    if bad:
+        raise MismatchError(f"collx.{name}: rank {comm.rank} has dtype {arr.dtype} and shape "
+                            f"{arr.shape}, but rank(s) {bad} passed a different dtype or trailing "
+                            f"shape; all ranks must agree on everything but the first dimension")
+    return rows
+
+
+def prepare_allgather(comm: Communicator, x: Any, out: Any, timeout: float | None,
+                      name: str = "allgather") -> Job:
+    arr = as_array(x, name)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    code, isz = _move_code(arr)
+    row = _row_elems(arr) * arr.itemsize // isz
+
+    def job() -> np.ndarray:
+        rows = _exchange_rows(comm, arr, timeout, name) if comm.size > 1 else [arr.shape[0]]
+        res = check_out(out, name, (sum(rows),) + arr.shape[1:], arr.dtype)
+        counts = [r * row for r in rows]
+        plan = comm.plan(("allgather", tuple(counts)), isz,
+                         lambda: build_schedule("allgather", comm.size, counts=counts,
+                                                chunk_count=comm.chunk_count(isz)))
+        comm.execute(plan, arr, res, code, _C.SUM, timeout)
+        return res
+    return job
+
+
+def prepare_gather(comm: Communicator, x: Any, root: int, timeout: float | None,
+                   name: str = "gather") -> Job:
+    arr = as_array(x, name)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    root = _check_root(comm, root, name)
+    code, isz = _move_code(arr)
+    row = _row_elems(arr) * arr.itemsize // isz
+
+    def job() -> np.ndarray | None:
+        rows = _exchange_rows(comm, arr, timeout, name) if comm.size > 1 else [arr.shape[0]]
+        counts = [r * row for r in rows]
+        res = np.empty((sum(rows),) + arr.shape[1:], arr.dtype) if comm.rank == root else None
+        plan = comm.plan(("gather", tuple(counts), root), isz,
+                         lambda: build_schedule("gather", comm.size, counts=counts, root=root))
+        comm.execute(plan, arr, res, code, _C.SUM, timeout)
+        return res
+    return job
+
+
+# ---------------------------------------------------------------- reducescatter / reduce --
+
+def prepare_reducescatter(comm: Communicator, x: Any, op: int, timeout: float | None,
+                          name: str = "reducescatter") -> Job:
+    arr = as_array(x, name)
+    if arr.ndim == 0:
+        raise InvalidUsage(f"collx.{name}: needs at least one dimension to split across ranks")
+    _check_op(op, name)
+    code = reduce_code(arr, name)
+    rows = even_split(arr.shape[0], comm.size)
+    row = _row_elems(arr)
+    counts = [r * row for r in rows]
+    res = np.empty((rows[comm.rank],) + arr.shape[1:], arr.dtype)
+    plan = comm.plan(("reducescatter", tuple(counts)), arr.itemsize,
+                     lambda: build_schedule("reducescatter", comm.size, counts=counts,
+                                            chunk_count=comm.chunk_count(arr.itemsize)))
+
+    def job() -> np.ndarray:
+        comm.execute(plan, arr, res, code, op, timeout)
+        return res
+    return job
+
+
+def prepare_reduce(comm: Communicator, x: Any, root: int, op: int, out: Any,
+                   timeout: float | None, name: str = "reduce") -> Job:
+    arr = as_array(x, name)
+    root = _check_root(comm, root, name)
+    _check_op(op, name)
+    code = reduce_code(arr, name)
+    res = check_out(out, name, arr.shape, arr.dtype) if comm.rank == root else None
+    count = arr.size
+    plan = comm.plan(("reduce", count, root), arr.itemsize,
+                     lambda: build_schedule("reduce", comm.size, count=count, root=root))
+
+    def job() -> np.ndarray | None:
+        comm.execute(plan, arr, res, code, op, timeout)
+        return res
+    return job
+
+
+# ---------------------------------------------------------------- scatter -----------------
+
+def prepare_scatter(comm: Communicator, x: Any, root: int, out: Any, timeout: float | None,
+                    name: str = "scatter") -> Job:
+    """Root splits x's first dimension as evenly as possible (first ranks get one more row);
+    every rank passes an array of the same shape and dtype (non-roots' values are unused)."""
+    arr = as_array(x, name)
+    if arr.ndim == 0:
+        raise InvalidUsage(f"collx.{name}: needs at least one dimension to split across ranks")
+    root = _check_root(comm, root, name)
+    code, isz = _move_code(arr)
+    rows = even_split(arr.shape[0], comm.size)
+    row = _row_elems(arr) * arr.itemsize // isz
+    counts = [r * row for r in rows]
+    res = check_out(out, name, (rows[comm.rank],) + arr.shape[1:], arr.dtype)
+    plan = comm.plan(("scatter", tuple(counts), root), isz,
+                     lambda: build_schedule("scatter", comm.size, counts=counts, root=root))
+    src = arr if comm.rank == root else None
+
+    def job() -> np.ndarray:
+        comm.execute(plan, src, res, code, _C.SUM, timeout)
+        return res
+    return job
+
+
+# ---------------------------------------------------------------- alltoall ----------------
+
+def prepare_alltoall(comm: Communicator, x: Any, splits: Any, timeout: float | None,
+                     name: str = "alltoall") -> Job:
+    arr = as_array(x, name)
+    if arr.ndim == 0:
+        raise InvalidUsage(f"collx.{name}: needs at least one dimension to split across ranks")
+    n = comm.size
+    if splits is None:
+        if arr.shape[0] % n:
+            raise InvalidUsage(f"collx.{name}: first dimension {arr.shape[0]} is not divisible by "
+                               f"{n} ranks; pass splits=[rows for each rank]")
+        send_rows = [arr.shape[0] // n] * n
+    else:
+        send_rows = [int(s) for s in np.asarray(splits).reshape(-1).tolist()]
+        if len(send_rows) != n or any(s < 0 for s in send_rows) or sum(send_rows) != arr.shape[0]:
+            raise InvalidUsage(f"collx.{name}: splits={send_rows} must be {n} non-negative row "
+                               f"counts adding up to the first dimension {arr.shape[0]}")
+    code, isz = _move_code(arr)
+    row = _row_elems(arr) * arr.itemsize // isz
+
+    def job() -> Any:
+        if n > 1:
+            mine = np.array(send_rows + [_signature(arr)] * n, dtype=np.int64)
+            # element r of block d goes to rank d: send [rows to d, signature] to each d
+            send = np.empty(2 * n, np.int64)
+            send[0::2], send[1::2] = mine[:n], mine[n:]
+            recv = np.empty(2 * n, np.int64)
+            meta = comm.plan(("alltoall-meta",), 8, lambda: build_schedule(
+                "alltoall", n, send_counts=[[2] * n for _ in range(n)]))
+            comm.execute(meta, send, recv, _C.INT64, _C.SUM, timeout)
+            recv_rows, sigs = recv[0::2].tolist(), recv[1::2].tolist()
+            bad = [r for r in range(n) if sigs[r] != sigs[comm.rank]]
+            if bad:
+                raise MismatchError(f"collx.{name}: rank {comm.rank} has dtype {arr.dtype}, "
+                                    f"shape {arr.shape}; rank(s) {bad} differ beyond the first "
+                                    f"dimension")
+        else:
+            recv_rows = list(send_rows)
+        res = np.empty((sum(recv_rows),) + arr.shape[1:], arr.dtype)
+        matrix = [[0] * n for _ in range(n)]
+        matrix[comm.rank] = [r * row for r in send_rows]
+        for src in range(n):
+            matrix[src][comm.rank] = recv_rows[src] * row
+        key = ("alltoall", tuple(matrix[comm.rank]), tuple(recv_rows))
+        plan = comm.plan(key, isz, lambda: build_schedule("alltoall", n, send_counts=matrix))
+        comm.execute(plan, arr, res, code, _C.SUM, timeout)
+        if splits is None:
+            return res
+        return res, np.asarray(recv_rows, dtype=np.int64)
+    return job
+
+
+# ---------------------------------------------------------------- barrier, send/recv ------
+
+def prepare_barrier(comm: Communicator, timeout: float | None) -> Job:
+    plan = comm.plan(("barrier",), 1, lambda: build_schedule("barrier", comm.size))
+
+    def job() -> None:
+        comm.execute(plan, None, None, _C.UINT8, _C.SUM, timeout)
+    return job
+
+
+def _p2p_plan(comm: Communicator, kind: str, peer: int, nbytes: int, tag: int):
+    from ..algos import ir
+    from ..algos.ir import Schedule
+
+    def build() -> Schedule:
+        steps: list[list[ir.Step]] = [[] for _ in range(comm.size)]
+        if kind == "send":
+            steps[comm.rank] = [ir.send(peer, ir.Buf.IN, 0, nbytes)]
+        else:
+            steps[comm.rank] = [ir.recv(peer, ir.Buf.OUT, 0, nbytes)]
+        ins = [0] * comm.size
+        outs = [0] * comm.size
+        (ins if kind == "send" else outs)[comm.rank] = nbytes
+        return Schedule(f"p2p-{kind}", "direct", comm.size, steps, ins, outs)
+    plan = comm.plan(("p2p", kind, peer, nbytes, tag), 1, build)
+    # both sides must derive the same fingerprint: key it by the pair direction and tag
+    lo, hi = (comm.rank, peer) if kind == "send" else (peer, comm.rank)
+    plan.fingerprint = zlib.crc32(f"p2p|{lo}->{hi}|{nbytes}|{tag}".encode())
+    return plan
+
+
+def prepare_send(comm: Communicator, x: Any, dst: int, tag: int, timeout: float | None) -> Job:
+    arr = as_array(x, "send")
+    dst = _check_peer(comm, dst, "send", "dst")
+    plan = _p2p_plan(comm, "send", dst, arr.nbytes, int(tag))
+
+    def job() -> None:
+        comm.execute(plan, arr, None, _C.UINT8, _C.SUM, timeout)
+    return job
+
+
+def prepare_recv(comm: Communicator, out: Any, src: int, tag: int, timeout: float | None) -> Job:
+    arr = as_array(out, "recv", "out", writable=True)
+    src = _check_peer(comm, src, "recv", "src")
+    plan = _p2p_plan(comm, "recv", src, arr.nbytes, int(tag))
+
+    def job() -> np.ndarray:
+        comm.execute(plan, None, arr, _C.UINT8, _C.SUM, timeout)
+        return arr
+    return job

@@ -1,0 +1,218 @@
+/* py_comm.c - collx._C.Comm: a rank's connections plus the executor entry point.
+ *
+ * Python (collx/transports) makes and authenticates the sockets, then hands each one to
+ * add_tcp or add_shm. plan() validates a packed schedule once; execute() runs it with the
+ * GIL released. Everything that can fail comes back through cx_py_raise. */
+#include "py_status.h"
+#include "cx_engine.h"
+#include "../transport/shm/cx_shm.h"
+#include "../transport/tcp/cx_tcp.h"
+
+typedef struct {
+    PyObject_HEAD
+    cx_comm *comm;
+} CommObject;
+
+static void plan_capsule_free(PyObject *cap)
+{
+    cx_plan_destroy(PyCapsule_GetPointer(cap, "collx.plan"));
+}
+
+static int Comm_init(CommObject *self, PyObject *args, PyObject *kw)
+{
+    int rank, size;
+    if (!PyArg_ParseTuple(args, "ii", &rank, &size))
+        return -1;
+    cx_status st = cx_comm_create(rank, size, &self->comm);
+    if (st != CX_OK) {
+        cx_py_raise(st);
+        return -1;
+    }
+    return 0;
+}
+
+static void Comm_dealloc(CommObject *self)
+{
+    cx_comm_destroy(self->comm);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static cx_comm *live(CommObject *self)
+{
+    if (!self->comm)
+        cx_py_raise_msg(CX_ERR_INVALID, "collx communicator is closed (after shutdown())");
+    return self->comm;
+}
+
+/* add_tcp(peer, fd): the transport owns fd on success. */
+static PyObject *Comm_add_tcp(CommObject *self, PyObject *args)
+{
+    int peer, fd;
+    if (!PyArg_ParseTuple(args, "ii", &peer, &fd) || !live(self))
+        return NULL;
+    cx_conn *c = NULL;
+    cx_status st = cx_tcp_conn_create(fd, self->comm->rank, peer, &c);
+    if (st == CX_OK && (st = cx_comm_set_conn(self->comm, peer, c)) != CX_OK)
+        c->ops->destroy(c);
+    return st == CX_OK ? Py_NewRef(Py_None) : cx_py_raise(st);
+}
+
+/* add_shm(peer, alive_fd, name, create, peer_pid, eager_bytes) */
+static PyObject *Comm_add_shm(CommObject *self, PyObject *args)
+{
+    int peer, fd, create, pid;
+    const char *name;
+    Py_ssize_t eager;
+    if (!PyArg_ParseTuple(args, "iisiin", &peer, &fd, &name, &create, &pid, &eager) ||
+        !live(self))
+        return NULL;
+    cx_conn *c = NULL;
+    cx_status st = cx_shm_conn_create(fd, self->comm->rank, peer, name, create, pid,
+                                      (size_t)eager, &c);
+    if (st == CX_OK && (st = cx_comm_set_conn(self->comm, peer, c)) != CX_OK)
+        c->ops->destroy(c);
+    return st == CX_OK ? Py_NewRef(Py_None) : cx_py_raise(st);
+}
+
+/* plan(steps: bytes, deps: bytes, scratch_bytes) -> capsule */
+static PyObject *Comm_plan(CommObject *self, PyObject *args)
+{
+    Py_buffer steps, deps;
+    Py_ssize_t scratch;
+    if (!live(self) || !PyArg_ParseTuple(args, "y*y*n", &steps, &deps, &scratch))
+        return NULL;
+    cx_plan *p = NULL;
+    cx_status st = cx_plan_create(steps.buf, (size_t)steps.len, deps.buf, (size_t)deps.len,
+                                  (size_t)scratch, self->comm->size, self->comm->rank, &p);
+    PyBuffer_Release(&steps);
+    PyBuffer_Release(&deps);
+    if (st != CX_OK)
+        return cx_py_raise(st);
+    PyObject *cap = PyCapsule_New(p, "collx.plan", plan_capsule_free);
+    if (!cap)
+        cx_plan_destroy(p);
+    return cap;
+}
+
+static int get_buffer(PyObject *o, Py_buffer *v, int writable)
+{
+    if (o == Py_None) {
+        v->obj = NULL;
+        v->buf = NULL;
+        v->len = 0;
+        return 0;
+    }
+    return PyObject_GetBuffer(o, v, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0));
+}
+
+/* execute(plan, in, out, dtype, redop, average_divisor, fingerprint, timeout_s) */
+static PyObject *Comm_execute(CommObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8)
+        return cx_py_raise_msg(CX_ERR_INVALID, "execute takes 8 arguments");
+    if (!live(self))
+        return NULL;
+    cx_plan *p = PyCapsule_GetPointer(args[0], "collx.plan");
+    if (!p)
+        return NULL;
+    cx_call call = {0};
+    call.dtype = (int)PyLong_AsLong(args[3]);
+    call.redop = (int)PyLong_AsLong(args[4]);
+    call.average_divisor = (int)PyLong_AsLong(args[5]);
+    call.fingerprint = (uint32_t)PyLong_AsUnsignedLongMask(args[6]);
+    call.timeout_s = PyFloat_AsDouble(args[7]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer in, out;
+    if (get_buffer(args[1], &in, 0) < 0)
+        return NULL;
+    if (get_buffer(args[2], &out, 1) < 0) {
+        if (in.obj)
+            PyBuffer_Release(&in);
+        return NULL;
+    }
+    call.in = in.buf;
+    call.in_len = (size_t)in.len;
+    call.out = out.buf;
+    call.out_len = (size_t)out.len;
+    cx_status st;
+    if (p->nsteps <= 2 && !p->reduces && p->nsteps && p->steps[0].kind == CX_STEP_COPY) {
+        st = cx_execute(self->comm, p, &call);   /* a local copy: no need to drop the GIL */
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        st = cx_execute(self->comm, p, &call);
+        Py_END_ALLOW_THREADS
+    }
+    if (in.obj)
+        PyBuffer_Release(&in);
+    if (out.obj)
+        PyBuffer_Release(&out);
+    return st == CX_OK ? Py_NewRef(Py_None) : cx_py_raise(st);
+}
+
+static PyObject *Comm_close(CommObject *self, PyObject *noargs)
+{
+    cx_comm_destroy(self->comm);
+    self->comm = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Comm_broken(CommObject *self, PyObject *noargs)
+{
+    return PyBool_FromLong(self->comm ? self->comm->broken : 1);
+}
+
+static PyMethodDef Comm_methods[] = {
+    {"add_tcp", (PyCFunction)Comm_add_tcp, METH_VARARGS, "add_tcp(peer, fd)"},
+    {"add_shm", (PyCFunction)Comm_add_shm, METH_VARARGS,
+     "add_shm(peer, alive_fd, name, create, peer_pid, eager_bytes)"},
+    {"plan", (PyCFunction)Comm_plan, METH_VARARGS, "plan(steps, deps, scratch_bytes) -> plan"},
+    {"execute", (PyCFunction)(void (*)(void))Comm_execute, METH_FASTCALL,
+     "execute(plan, in, out, dtype, redop, average_divisor, fingerprint, timeout_s)"},
+    {"close", (PyCFunction)Comm_close, METH_NOARGS, "close every connection"},
+    {"broken", (PyCFunction)Comm_broken, METH_NOARGS, "True after a transport error"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CommType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "collx._C.Comm",
+    .tp_basicsize = sizeof(CommObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Comm(rank, size): connections to the other ranks and the executor",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Comm_init,
+    .tp_dealloc = (destructor)Comm_dealloc,
+    .tp_methods = Comm_methods,
+};
+
+static PyObject *py_shm_unlink(PyObject *m, PyObject *args)
+{
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name))
+        return NULL;
+    cx_status st = cx_shm_unlink(name);
+    return st == CX_OK ? Py_NewRef(Py_None) : cx_py_raise(st);
+}
+
+static PyObject *py_shm_allow_cma(PyObject *m, PyObject *noargs)
+{
+    cx_shm_allow_cma();
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef comm_functions[] = {
+    {"shm_unlink", py_shm_unlink, METH_VARARGS, "remove a pair segment's name"},
+    {"shm_allow_cma", py_shm_allow_cma, METH_NOARGS, "let peers read our memory (Yama)"},
+    {NULL, NULL, 0, NULL},
+};
+
+int cx_py_add_comm(PyObject *m)
+{
+    if (PyType_Ready(&CommType) < 0)
+        return -1;
+    Py_INCREF(&CommType);
+    if (PyModule_AddObject(m, "Comm", (PyObject *)&CommType) < 0)
+        return -1;
+    return PyModule_AddFunctions(m, comm_functions);
+}

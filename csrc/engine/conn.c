@@ -1,0 +1,28 @@
+/* conn.c - what every transport shares: the liveness check on a peer's socket. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+
+#include "cx_transport.h"
+
+cx_status cx_conn_check_alive(cx_conn *c)
+{
+    if (c->alive_fd < 0)
+        return CX_OK;
+    struct pollfd p = {.fd = c->alive_fd, .events = POLLIN | POLLRDHUP};
+    int r = poll(&p, 1, 0);
+    if (r < 0)
+        return errno == EINTR ? CX_OK
+                              : CX_ERROR(CX_ERR_SYSTEM, c->peer, "poll on rank %d's socket: %s",
+                                         c->peer, strerror(errno));
+    /* The peer's kernel closes its sockets when it dies: FIN (RDHUP), RST (ERR) or HUP. */
+    if (r > 0 && (p.revents & (POLLHUP | POLLERR | POLLRDHUP | POLLNVAL)))
+        return CX_ERROR(CX_ERR_TRANSPORT, c->peer,
+                        "rank %d is gone (its connection to rank %d closed): the process died "
+                        "or shut down; the communicator must be re-initialized",
+                        c->peer, c->self);
+    return CX_OK;
+}
