@@ -28,7 +28,9 @@ __all__ = ["CollxError", "CollxTimeout", "InvalidUsage", "MismatchError", "Trans
 
 def __getattr__(name: str) -> Any:
     if name in _API:
-        return getattr(importlib.import_module(".api", __name__), name)
+        api = importlib.import_module(".api", __name__)
+        globals().update({n: getattr(api, n) for n in _API})   # later lookups skip this hook
+        return globals()[name]
     if name == "Handle":
         return importlib.import_module(".runtime.engine", __name__).Handle
     raise AttributeError(f"module 'collx' has no attribute {name!r}")

@@ -112,7 +112,8 @@ def _parse(stream: str, tag: str) -> dict[int, list[str]]:
     return out
 
 
-@pytest.mark.parametrize("hosts", [[], ["-H", "localhost:3"], ["--hosts", "localhost:2,127.0.0.1:1"]])
+@pytest.mark.parametrize("hosts", [[], ["-H", "localhost:3"],
+                                   ["--hosts", "localhost:2,127.0.0.1:1"]])
 def test_env_prefix_and_success(hosts: list[str]) -> None:
     res = collxrun("-np", "3", *hosts, sys.executable, "-c", ENV_PRINTER)
     assert res.returncode == 0, res.stderr
@@ -133,7 +134,7 @@ def test_env_prefix_and_success(hosts: list[str]) -> None:
 
 def test_horovodrun_local_form_and_no_prefix() -> None:
     res = collxrun("-np", "2", "-H", "localhost:2", "--no-prefix", sys.executable, "-c",
-                   "import os; print('rank', os.environ['COLLX_RANK'])")
+                   "import os, sys; sys.stdout.write(f\"rank {os.environ['COLLX_RANK']}\\n\")")
     assert res.returncode == 0, res.stderr
     assert sorted(res.stdout.splitlines()) == ["rank 0", "rank 1"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .common import (check_chunk, check_count, check_counts, check_n, check_root, chunks,
+from .common import (gc_paused, check_chunk, check_count, check_counts, check_n, check_root, chunks,
                      prefix)
 from .ir import Buf, Kind, Schedule, Step
 
@@ -55,6 +55,7 @@ def subtree_size(v: int, n: int) -> int:
     return min(_lowbit(v), n - v) if v else n
 
 
+@gc_paused
 def binomial_broadcast(n: int, count: int, root: int = 0, chunk_count: int = 0) -> Schedule:
     """IN: ``count`` on the root only; OUT: ``count`` on every rank. The root sends from IN
     (and copies IN to OUT, a no-op in place); other ranks receive into OUT and forward from
@@ -89,6 +90,7 @@ def binomial_broadcast(n: int, count: int, root: int = 0, chunk_count: int = 0) 
     return Schedule("broadcast", "binomial", n, steps, in_counts, [count] * n)
 
 
+@gc_paused
 def binomial_reduce(n: int, count: int, root: int = 0, chunk_count: int = 0) -> Schedule:
     """IN: ``count`` on every rank; OUT: ``count`` on the root, 0 elsewhere; SCRATCH:
     ``count`` on interior non-root ranks (their running partial), 0 on leaves and the root.
@@ -152,6 +154,7 @@ def _pieces(a: int, b: int, n: int, root: int) -> list[tuple[int, int]]:
     return [(a, b)]
 
 
+@gc_paused
 def binomial_gather(counts: Sequence[int], root: int = 0) -> Schedule:
     """IN: ``counts[r]`` on rank r; OUT on the root: ``sum(counts)``, blocks in absolute rank
     order (0 elsewhere); SCRATCH: the subtree's total on interior non-root ranks whose
@@ -206,6 +209,7 @@ def binomial_gather(counts: Sequence[int], root: int = 0) -> Schedule:
     return Schedule("gather", "binomial", n, steps, list(counts), out_counts, scratch)
 
 
+@gc_paused
 def binomial_scatter(counts: Sequence[int], root: int = 0) -> Schedule:
     """IN on the root: ``sum(counts)``, blocks in absolute rank order (0 elsewhere); OUT:
     ``counts[r]`` on rank r; SCRATCH: the subtree's total on interior non-root ranks whose
@@ -261,6 +265,7 @@ def binomial_scatter(counts: Sequence[int], root: int = 0) -> Schedule:
     return Schedule("scatter", "binomial", n, steps, in_counts, list(counts), scratch)
 
 
+@gc_paused
 def binomial_barrier(n: int) -> Schedule:
     """Zero-count messages up a binomial tree rooted at rank 0 and back down: a rank sends
     to its parent once all its children arrived, and releases its children once its parent

@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 from typing import Sequence
 
-from .common import check_counts, prefix
+from .common import gc_paused, check_counts, prefix
 from .ir import Buf, Kind, Schedule, Step
 
 _SEND, _RECV, _COPY = Kind.SEND, Kind.RECV, Kind.COPY
@@ -45,6 +45,7 @@ def _check_matrix(send_counts: Sequence[Sequence[int]]) -> list[list[int]]:
     return rows
 
 
+@gc_paused
 def pairwise_alltoall(send_counts: Sequence[Sequence[int]]) -> Schedule:
     """Alltoall(v) by pairwise exchange; ``send_counts[src][dst]`` elements go from src to
     dst. See the module docstring for buffers and the in-place rule."""

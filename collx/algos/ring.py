@@ -27,13 +27,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .common import check_chunk, check_count, check_counts, check_n, chunks, even_split, prefix
+from .common import gc_paused, check_chunk, check_count, check_counts, check_n, chunks, even_split, prefix
 from .ir import Buf, Kind, Schedule, Step, make_step
 
 _SEND, _RECV, _RR, _COPY = Kind.SEND, Kind.RECV, Kind.RECV_REDUCE, Kind.COPY
 _IN, _OUT, _SCR = Buf.IN, Buf.OUT, Buf.SCRATCH
 
 
+@gc_paused
 def ring_allreduce(n: int, count: int, chunk_count: int = 0) -> Schedule:
     """Reduce-scatter then allgather around the ring. IN and OUT: ``count`` on every rank;
     no scratch. Partial sums live in OUT; IN is only read (block b of IN is read once, by the
@@ -81,22 +82,22 @@ def _ring_step(st: list[Step], schunks: list[tuple[int, int]], slast: list[int],
     sbuf, sshift, speer = sspec
     rkind, rbuf, rshift, rpeer, rsrc, rsrc_shift = rspec
     ns, nr = len(schunks), len(rchunks)
+    mk = make_step
     for k in range(ns if ns > nr else nr):
         if k < ns:
             o, ln = schunks[k]
             d = slast[k]
             slast[k] = len(st)
-            st.append(make_step(_SEND, sbuf, o + sshift, ln, speer, _IN, 0,
-                                (d,) if d >= 0 else ()))
+            st.append(mk(_SEND, sbuf, o + sshift, ln, speer, _IN, 0, (d,) if d >= 0 else ()))
         if k < nr:
             o, ln = rchunks[k]
             d = rlast[k]
             rlast[k] = len(st)
-            st.append(make_step(rkind, rbuf, o + rshift, ln, rpeer, rsrc,
-                                0 if rsrc_shift is None else o + rsrc_shift,
-                                (d,) if d >= 0 else ()))
+            st.append(mk(rkind, rbuf, o + rshift, ln, rpeer, rsrc,
+                         0 if rsrc_shift is None else o + rsrc_shift, (d,) if d >= 0 else ()))
 
 
+@gc_paused
 def ring_allgather(counts: Sequence[int], chunk_count: int = 0) -> Schedule:
     """Allgather(v): rank r contributes ``counts[r]`` elements (IN), every rank ends with all
     blocks in rank order (OUT: ``sum(counts)``); no scratch. Step 0 copies IN into the own slot
@@ -124,6 +125,7 @@ def ring_allgather(counts: Sequence[int], chunk_count: int = 0) -> Schedule:
     return Schedule("allgather", "ring", n, steps, list(counts), [total] * n)
 
 
+@gc_paused
 def ring_reducescatter(counts: Sequence[int], chunk_count: int = 0) -> Schedule:
     """Reduce-scatter(v): IN on every rank is ``sum(counts)`` elements laid out in rank order;
     rank r ends with the reduction of block r (OUT: ``counts[r]``).

@@ -38,14 +38,18 @@ _WRITES = (Kind.RECV, Kind.RECV_REDUCE, Kind.COPY)
 _MAX_DUMP = 6   # steps listed per rank in a deadlock report
 
 
+def _bname(b: int) -> str:
+    return Buf(b).name if b in (0, 1, 2) else f"buffer#{b}"
+
+
 def _desc(rank: int, i: int, st: Step) -> str:
-    kind = Kind(st.kind).name
-    where = f"{Buf(st.buf).name}[{st.off}:{st.off + st.count}]"
+    kind = Kind(st.kind).name if st.kind in (0, 1, 2, 3) else f"kind#{st.kind}"
+    where = f"{_bname(st.buf)}[{st.off}:{st.off + st.count}]"
     if st.kind == Kind.SEND:
         return f"rank {rank} step {i} SEND {where} -> {st.peer}"
     if st.kind == Kind.RECV:
         return f"rank {rank} step {i} RECV {where} <- {st.peer}"
-    src = f"{Buf(st.src_buf).name}[{st.src_off}:{st.src_off + st.count}]"
+    src = f"{_bname(st.src_buf)}[{st.src_off}:{st.src_off + st.count}]"
     if st.kind == Kind.RECV_REDUCE:
         return f"rank {rank} step {i} RECV_REDUCE {where} = {src} op (<- {st.peer})"
     return f"rank {rank} step {i} {kind} {where} = {src}"
@@ -96,18 +100,40 @@ class _Plan:
         self.next_dir = [-1] * total
         sends: dict[tuple[int, int], list[int]] = {}
         recvs: dict[tuple[int, int], list[int]] = {}
+        rank_of, step_of = self.rank_of, self.step_of
+        SEND, COPY, RR, IN = Kind.SEND, Kind.COPY, Kind.RECV_REDUCE, Buf.IN
         for r in range(n):
             b = self.base[r]
+            sizes = (s.in_counts[r], s.out_counts[r], s.scratch_counts[r])
             for i, st in enumerate(s.steps[r]):
                 g = b + i
-                self.rank_of[g] = r
-                self.step_of[g] = st
-                self._check_step(r, i, st)
-                if st.kind == Kind.SEND:
-                    sends.setdefault((r, st.peer), []).append(g)
-                elif st.kind != Kind.COPY:
-                    recvs.setdefault((st.peer, r), []).append(g)
-        for key in set(sends) | set(recvs):
+                rank_of[g] = r
+                step_of[g] = st
+                k, buf, off, cnt = st.kind, st.buf, st.off, st.count
+                # the common, valid case in a few comparisons; details on failure
+                ok = 0 <= buf <= 2 and 0 <= off and 0 <= cnt and off + cnt <= sizes[buf]
+                if k == SEND:
+                    peer = st.peer
+                    ok = ok and 0 <= peer < n and peer != r
+                    sends.setdefault((r, peer), []).append(g)
+                elif k == COPY or k == RR:
+                    sb, so = st.src_buf, st.src_off
+                    ok = (ok and buf != IN and 0 <= sb <= 2 and 0 <= so
+                          and so + cnt <= sizes[sb])
+                    if k == RR:
+                        peer = st.peer
+                        ok = ok and 0 <= peer < n and peer != r
+                        recvs.setdefault((peer, r), []).append(g)
+                else:
+                    peer = st.peer
+                    ok = ok and k == Kind.RECV and buf != IN and 0 <= peer < n and peer != r
+                    recvs.setdefault((peer, r), []).append(g)
+                for d in st.deps:
+                    if not 0 <= d < i:
+                        ok = False
+                if not ok:
+                    self._check_step(r, i, st)
+        for key in sorted(set(sends) | set(recvs)):
             ss, rr = sends.get(key, []), recvs.get(key, [])
             a, b2 = key
             for k in range(min(len(ss), len(rr))):
@@ -141,12 +167,12 @@ class _Plan:
             raise ScheduleError(f"{_desc(r, i, st)}: negative offset or count")
         if st.off + st.count > _buf_size(s, r, st.buf):
             raise ScheduleError(
-                f"{_desc(r, i, st)}: out of bounds, {Buf(st.buf).name} of rank {r} has "
+                f"{_desc(r, i, st)}: out of bounds, {_bname(st.buf)} of rank {r} has "
                 f"{_buf_size(s, r, st.buf)} elements")
         if st.kind in (Kind.RECV_REDUCE, Kind.COPY) and \
                 st.src_off + st.count > _buf_size(s, r, st.src_buf):
             raise ScheduleError(
-                f"{_desc(r, i, st)}: source out of bounds, {Buf(st.src_buf).name} of rank {r} "
+                f"{_desc(r, i, st)}: source out of bounds, {_bname(st.src_buf)} of rank {r} "
                 f"has {_buf_size(s, r, st.src_buf)} elements")
         if st.kind in _WRITES and st.buf == Buf.IN:
             raise ScheduleError(f"{_desc(r, i, st)}: writes IN, which is the caller's input "
@@ -158,6 +184,7 @@ class _Plan:
             if not (0 <= d < i):
                 raise ScheduleError(f"{_desc(r, i, st)}: bad dependency {d} (deps must name "
                                     "earlier steps of the same rank)")
+        raise ScheduleError(f"{_desc(r, i, st)}: invalid step")
 
     def run(self, pick: Optional[Callable[[int], int]],
             on_post: Callable[[int], None], on_complete: Callable[[int, int], None]) -> None:
@@ -169,13 +196,19 @@ class _Plan:
         step_of, partner = self.step_of, self.partner
         prev_dir, next_dir = self.prev_dir, self.next_dir
         pending = [0] * total
-        children: list[list[int]] = [[] for _ in range(total)]
-        for g in range(total):
-            st = step_of[g]
-            pending[g] = len(st.deps)
-            b = self.base[self.rank_of[g]]
-            for d in st.deps:
-                children[b + d].append(g)
+        children: list[Optional[list[int]]] = [None] * total
+        for r, b in enumerate(self.base):
+            for i, st in enumerate(self.s.steps[r]):
+                deps = st.deps
+                if deps:
+                    g = b + i
+                    pending[g] = len(deps)
+                    for d in deps:
+                        c = children[b + d]
+                        if c is None:
+                            children[b + d] = [g]
+                        else:
+                            c.append(g)
         depsdone = [False] * total
         posted = [False] * total
         done = [False] * total
@@ -210,7 +243,7 @@ class _Plan:
             for x in (g, p) if p != -1 else (g,):
                 done[x] = True
                 ndone += 1
-                for c in children[x]:
+                for c in children[x] or ():
                     pending[c] -= 1
                     if pending[c] == 0:
                         start(c)
@@ -337,25 +370,6 @@ def simulate(schedule: Schedule, inputs: Sequence[Optional[np.ndarray]], op: str
     return [bufs[r][1] for r in range(n)]
 
 
-def _accesses(s: Schedule, r: int, i: int, st: Step, aliased: bool):
-    """(buffer key, lo, hi, writes) ranges a step touches while it runs."""
-    if st.count == 0:
-        return ()
-
-    def key(b: int) -> int:
-        return Buf.OUT if aliased and b == Buf.IN else int(b)
-
-    k = st.kind
-    if k == Kind.SEND:
-        return ((key(st.buf), st.off, st.off + st.count, False),)
-    if k == Kind.RECV:
-        return ((key(st.buf), st.off, st.off + st.count, True),)
-    if k == Kind.COPY and key(st.buf) == key(st.src_buf) and st.off == st.src_off:
-        return ()   # a copy onto itself: the executor skips it
-    return ((key(st.buf), st.off, st.off + st.count, True),
-            (key(st.src_buf), st.src_off, st.src_off + st.count, False))
-
-
 def check_hazards(schedule: Schedule, in_place: bool) -> None:
     """Static race check: per rank, any two steps touching overlapping ranges of one buffer,
     at least one writing, must be ordered by the transitive closure of deps. IN is OUT on the
@@ -368,13 +382,27 @@ def check_hazards(schedule: Schedule, in_place: bool) -> None:
         aliased = _aliased(s, r, in_place)
         anc = [0] * len(steps)      # bit d of anc[i]: step d is ordered before step i
         per_buf: dict[int, list[tuple[int, int, int, bool]]] = {}
+        OUT = int(Buf.OUT)
         for i, st in enumerate(steps):
             a = 0
             for d in st.deps:
                 a |= anc[d] | (1 << d)
             anc[i] = a
-            for (b, lo, hi, w) in _accesses(s, r, i, st, aliased):
-                per_buf.setdefault(b, []).append((lo, hi, i, w))
+            cnt = st.count
+            if cnt == 0:
+                continue
+            k = st.kind
+            b = OUT if aliased and st.buf == Buf.IN else int(st.buf)
+            lo = st.off
+            if k == Kind.SEND or k == Kind.RECV:
+                per_buf.setdefault(b, []).append((lo, lo + cnt, i, k == Kind.RECV))
+                continue
+            sb = OUT if aliased and st.src_buf == Buf.IN else int(st.src_buf)
+            so = st.src_off
+            if k == Kind.COPY and sb == b and so == lo:
+                continue    # a copy onto itself: the executor skips it
+            per_buf.setdefault(b, []).append((lo, lo + cnt, i, True))
+            per_buf.setdefault(sb, []).append((so, so + cnt, i, False))
         for b, acc in per_buf.items():
             acc.sort()
             active_r: list[tuple[int, int, int, bool]] = []

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="wall-clock limit of the whole job in seconds; exit 124 past it")
     p.add_argument("--grace", type=float, default=None,
                    help="seconds between SIGTERM and SIGKILL when tearing the job down "
-                        "(default COLLX_GRACE=%(default)s -> 5)")
+                        "(default: the COLLX_GRACE knob, 5 s)")
     p.add_argument("--no-prefix", action="store_true",
                    help="pass rank output through unchanged (no [rank] prefix)")
     return p

@@ -14,15 +14,32 @@ import numpy as np
 from .. import _C
 from ..errors import InvalidUsage
 
-_CODES: dict[str, int] = {name: code for code, name in enumerate(_C.DTYPE_NAMES)}
 BYTE_CODE = _C.UINT8
 
 
+def _dtype_table() -> dict[np.dtype, int]:
+    table = {}
+    for code, name in enumerate(_C.DTYPE_NAMES):
+        try:
+            dt = np.dtype(name)
+        except TypeError:
+            try:   # bfloat16 comes from ml_dtypes where installed
+                import ml_dtypes  # type: ignore[import-not-found]
+                dt = np.dtype(getattr(ml_dtypes, name))
+            except (ImportError, AttributeError, TypeError):
+                continue
+        if dt.isnative:
+            table[dt] = code
+    return table
+
+
+# keyed by dtype object: hashing a dtype is cheap, dtype.name is not (hot path)
+_CODES: dict[np.dtype, int] = _dtype_table()
+
+
 def dtype_code(dtype: np.dtype) -> int | None:
-    """The C dtype code for a numpy dtype, or None when there is no kernel for it."""
-    if dtype.byteorder == ">" or (dtype.byteorder == "=" and not np.little_endian):
-        return None
-    return _CODES.get(dtype.name)
+    """The C dtype code for a numpy dtype (native byte order only), or None."""
+    return _CODES.get(dtype)
 
 
 def as_array(x: Any, op: str, what: str = "input", writable: bool = False) -> np.ndarray:
@@ -63,13 +80,3 @@ def check_out(out: Any, op: str, shape: tuple[int, ...], dtype: np.dtype) -> np.
         raise InvalidUsage(f"collx.{op}: out has shape {arr.shape} and dtype {arr.dtype}; "
                            f"this call needs shape {tuple(shape)} and dtype {dtype}")
     return arr
-
-
-def same_memory(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when a and b are exactly the same bytes (an in-place call)."""
-    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-            and a.nbytes == b.nbytes)
-
-
-def overlaps(a: np.ndarray, b: np.ndarray) -> bool:
-    return np.shares_memory(a, b) and not same_memory(a, b)

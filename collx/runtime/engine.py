@@ -42,8 +42,13 @@ class Handle:
 
 
 class Engine:
+    """Call-order execution. ``_exec`` makes the executor single-entry (inline calls and the
+    worker both hold it while a job runs); ``_cv`` guards the queue and ``_busy``, which
+    keep program order between sync and async calls."""
+
     def __init__(self) -> None:
         self._cv = threading.Condition()
+        self._exec = threading.Lock()
         self._queue: deque[tuple[Callable[[], Any], Handle]] = deque()
         self._busy = False
         self._closed = False
@@ -62,7 +67,10 @@ class Engine:
         return handle
 
     def run(self, job: Callable[[], Any], name: str) -> Any:
-        """Run synchronously, in call order."""
+        """Run synchronously, in call order: inline when nothing is pending."""
+        if self._thread is None:          # no async call yet: nothing can be pending
+            with self._exec:
+                return job()
         with self._cv:
             inline = not self._queue and not self._busy
             if inline:
@@ -70,7 +78,8 @@ class Engine:
         if not inline:
             return self.submit(job, name).wait()
         try:
-            return job()
+            with self._exec:
+                return job()
         finally:
             with self._cv:
                 self._busy = False
@@ -86,7 +95,8 @@ class Engine:
                 job, handle = self._queue.popleft()
                 self._busy = True
             try:
-                result, error = job(), None
+                with self._exec:
+                    result, error = job(), None
             except BaseException as exc:  # noqa: BLE001 - handed to the caller via the handle
                 result, error = None, exc
             with self._cv:

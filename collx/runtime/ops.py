@@ -17,7 +17,7 @@ import numpy as np
 from .. import _C
 from ..algos.registry import build_schedule, even_split
 from ..errors import InvalidUsage, MismatchError
-from .buffers import BYTE_CODE, as_array, check_out, dtype_code, overlaps, reduce_code
+from .buffers import BYTE_CODE, as_array, check_out, dtype_code, reduce_code
 from .communicator import Communicator
 
 Job = Callable[[], Any]
@@ -73,9 +73,6 @@ def prepare_allreduce(comm: Communicator, x: Any, op: int, out: Any, timeout: fl
     _check_op(op, name)
     code = reduce_code(arr, name)
     res = check_out(out, name, arr.shape, arr.dtype)
-    if overlaps(arr, res):
-        raise InvalidUsage(f"collx.{name}: out partly overlaps the input; pass the same array "
-                           f"for in-place or a separate one")
     count = arr.size
     plan = comm.plan(("allreduce", count), arr.itemsize,
                      lambda: build_schedule("allreduce", comm.size, count=count,

@@ -131,6 +131,13 @@ static PyObject *Comm_execute(CommObject *self, PyObject *const *args, Py_ssize_
             PyBuffer_Release(&in);
         return NULL;
     }
+    if (in.buf && out.buf && in.buf != out.buf && (char *)in.buf < (char *)out.buf + out.len &&
+        (char *)out.buf < (char *)in.buf + in.len) {
+        PyBuffer_Release(&in);
+        PyBuffer_Release(&out);
+        return cx_py_raise_msg(CX_ERR_INVALID, "collx: out partly overlaps the input; pass the "
+                               "same array for an in-place call, or a separate one");
+    }
     call.in = in.buf;
     call.in_len = (size_t)in.len;
     call.out = out.buf;
