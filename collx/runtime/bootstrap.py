@@ -54,12 +54,32 @@ def _from_env(timeout: float) -> tuple[int, int, Any, bytes, Any]:
     return rank, size, TCPStore(addr, secret, timeout=timeout), secret, None
 
 
+_MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")
+
+
+def _first_env_int(names: tuple[str, ...]) -> int | None:
+    for var in names:
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return None
+
+
 def _from_mpi(timeout: float) -> tuple[int, int, Any, bytes, Any]:
+    """Under mpirun: rank and size from the MPI. With mpi4py, rank 0 starts the store and
+    MPI (the trusted channel) hands its address and a fresh secret to everyone; without
+    mpi4py, COLLX_STORE_ADDR and COLLX_SECRET must be passed in (mpirun -x ...)."""
     try:
         from mpi4py import MPI
     except ImportError:
-        raise InvalidUsage("collx.init: running under mpirun needs mpi4py built against that MPI "
-                           "(pip install mpi4py), or launch with collxrun instead") from None
+        rank, size = _first_env_int(_MPI_RANK_VARS), _first_env_int(_MPI_SIZE_VARS)
+        addr, secret = config.get("COLLX_STORE_ADDR"), auth.secret_from_env()
+        if rank is None or size is None or (size > 1 and not (addr and secret)):
+            raise InvalidUsage("collx.init: under mpirun collx bootstraps through mpi4py (pip "
+                               "install mpi4py, built against that MPI); without it pass "
+                               "COLLX_STORE_ADDR and COLLX_SECRET (e.g. mpirun -x) for a store "
+                               "started with python -m collx.rendezvous.serve, or use collxrun")
+        store = TCPStore(addr, secret, timeout=timeout) if size > 1 else None
+        return rank, size, store, secret, None
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
     server = None

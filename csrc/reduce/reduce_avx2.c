@@ -79,21 +79,23 @@ INL void st_f16(char *p, __m256 v)
 {
     _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
-INL __m256 ld_bf16(const char *p)
-{
-    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
-INL void st_bf16(char *p, __m256 v) /* as cx_f32_to_bf16: round to even, NaN -> quiet NaN */
+/* bfloat16 is the top half of a float32, so a 32-bit lane holding two of them gives the
+ * odd element by masking and the even one by shifting: no shuffles on the way in or out. */
+#define BF16_HI _mm256_set1_epi32((int)0xffff0000u)
+INL __m256 bf16_even(__m256i w) { return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)); }
+INL __m256 bf16_odd(__m256i w) { return _mm256_castsi256_ps(_mm256_and_si256(w, BF16_HI)); }
+INL __m256i bf16_round(__m256 v) /* as cx_f32_to_bf16, result in the top 16 bits */
 {
     __m256i x = _mm256_castps_si256(v);
     __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
     __m256i rnd = _mm256_add_epi32(x, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
-    __m256i nan = _mm256_or_si256(x, _mm256_set1_epi32(0x400000));
-    __m256i w = _mm256_srli_epi32(_mm256_blendv_epi8(rnd, nan,
-                                  _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q))), 16);
-    __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
-    _mm_storeu_si128((__m128i *)p, h);
+    __m256i nan = _mm256_or_si256(x, _mm256_set1_epi32(0x400000)); /* quiet, never Inf */
+    return _mm256_blendv_epi8(rnd, nan, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+}
+INL __m256i bf16_join(__m256 even, __m256 odd)
+{
+    return _mm256_or_si256(_mm256_srli_epi32(bf16_round(even), 16),
+                           _mm256_and_si256(bf16_round(odd), BF16_HI));
 }
 
 /* ---- blocks: one 32-byte vector of each input ---------------------------------------- */
@@ -115,8 +117,10 @@ INL void st_bf16(char *p, __m256 v) /* as cx_f32_to_bf16: round to even, NaN -> 
     }                                                                                     \
     INL void blk_##op##_bf16(char *d, const char *x, const char *y)                       \
     {                                                                                     \
-        st_bf16(d, op##_ps(ld_bf16(x), ld_bf16(y)));                                      \
-        st_bf16(d + 16, op##_ps(ld_bf16(x + 16), ld_bf16(y + 16)));                       \
+        __m256i a = _mm256_loadu_si256((const __m256i *)x);                               \
+        __m256i b = _mm256_loadu_si256((const __m256i *)y);                               \
+        _mm256_storeu_si256((__m256i *)d, bf16_join(op##_ps(bf16_even(a), bf16_even(b)),  \
+                                                    op##_ps(bf16_odd(a), bf16_odd(b))));  \
     }
 #define BLK_INT(op, tag)                                                                  \
     INL void blk_##op##_##tag(char *d, const char *x, const char *y)                      \
@@ -157,8 +161,10 @@ INL void dblk_f16(char *d, int dv)
 }
 INL void dblk_bf16(char *d, int dv)
 {
-    st_bf16(d, _mm256_div_ps(ld_bf16(d), _mm256_set1_ps((float)dv)));
-    st_bf16(d + 16, _mm256_div_ps(ld_bf16(d + 16), _mm256_set1_ps((float)dv)));
+    __m256i w = _mm256_loadu_si256((const __m256i *)d);
+    __m256 f = _mm256_set1_ps((float)dv);
+    _mm256_storeu_si256((__m256i *)d, bf16_join(_mm256_div_ps(bf16_even(w), f),
+                                                _mm256_div_ps(bf16_odd(w), f)));
 }
 CX_DRIVE_DIV(div_f16, static ATTR, VB, 2, dblk_f16)
 CX_DRIVE_DIV(div_f32, static ATTR, VB, 4, dblk_f32)

@@ -74,19 +74,23 @@ INL void st_f16(char *p, __m512 v)
 {
     _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
-INL __m512 ld_bf16(const char *p)
-{
-    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-}
-INL void st_bf16(char *p, __m512 v) /* as cx_f32_to_bf16: round to even, NaN -> quiet NaN */
+/* bfloat16 is the top half of a float32, so a 32-bit lane holding two of them gives the
+ * odd element by masking and the even one by shifting: no shuffles on the way in or out. */
+#define BF16_HI _mm512_set1_epi32((int)0xffff0000u)
+INL __m512 bf16_even(__m512i w) { return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)); }
+INL __m512 bf16_odd(__m512i w) { return _mm512_castsi512_ps(_mm512_and_si512(w, BF16_HI)); }
+INL __m512i bf16_round(__m512 v) /* as cx_f32_to_bf16, result in the top 16 bits */
 {
     __m512i x = _mm512_castps_si512(v);
     __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
     __m512i rnd = _mm512_add_epi32(x, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-    __m512i nan = _mm512_or_si512(x, _mm512_set1_epi32(0x400000));
-    __m512i w = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), rnd, nan);
-    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(w, 16)));
+    __m512i nan = _mm512_or_si512(x, _mm512_set1_epi32(0x400000)); /* quiet, never Inf */
+    return _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), rnd, nan);
+}
+INL __m512i bf16_join(__m512 even, __m512 odd)
+{
+    return _mm512_or_si512(_mm512_srli_epi32(bf16_round(even), 16),
+                           _mm512_and_si512(bf16_round(odd), BF16_HI));
 }
 
 /* ---- blocks: one 64-byte vector of each input ---------------------------------------- */
@@ -106,8 +110,9 @@ INL void st_bf16(char *p, __m512 v) /* as cx_f32_to_bf16: round to even, NaN -> 
     }                                                                                     \
     INL void blk_##op##_bf16(char *d, const char *x, const char *y)                       \
     {                                                                                     \
-        st_bf16(d, op##_ps(ld_bf16(x), ld_bf16(y)));                                      \
-        st_bf16(d + 32, op##_ps(ld_bf16(x + 32), ld_bf16(y + 32)));                       \
+        __m512i a = _mm512_loadu_si512(x), b = _mm512_loadu_si512(y);                     \
+        _mm512_storeu_si512(d, bf16_join(op##_ps(bf16_even(a), bf16_even(b)),             \
+                                         op##_ps(bf16_odd(a), bf16_odd(b))));             \
     }
 #define BLK_INT(op, tag)                                                                  \
     INL void blk_##op##_##tag(char *d, const char *x, const char *y)                      \
@@ -145,8 +150,9 @@ INL void dblk_f16(char *d, int dv)
 }
 INL void dblk_bf16(char *d, int dv)
 {
-    st_bf16(d, _mm512_div_ps(ld_bf16(d), _mm512_set1_ps((float)dv)));
-    st_bf16(d + 32, _mm512_div_ps(ld_bf16(d + 32), _mm512_set1_ps((float)dv)));
+    __m512i w = _mm512_loadu_si512(d);
+    __m512 f = _mm512_set1_ps((float)dv);
+    _mm512_storeu_si512(d, bf16_join(_mm512_div_ps(bf16_even(w), f), _mm512_div_ps(bf16_odd(w), f)));
 }
 CX_DRIVE_DIV(div_f16, static ATTR, VB, 2, dblk_f16)
 CX_DRIVE_DIV(div_f32, static ATTR, VB, 4, dblk_f32)

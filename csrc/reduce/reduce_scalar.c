@@ -4,6 +4,19 @@
  * Loads and stores go through memcpy so that unaligned pointers are fine; dst may be a or b
  * because element i is read before it is written. SUM/PROD of signed integers run on the
  * unsigned types: the bits of a wrapped two's-complement result are the same, without UB. */
+
+/* On x86-64, where hand-written SIMD variants exist, keep the reference plain scalar: an
+ * oracle independent of the compiler's vectorizer, and an honest scalar baseline. Elsewhere
+ * it is the only variant, so the compiler may vectorize it. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-tree-vectorize")
+#define CX_SCALAR_LOOP
+#elif defined(__x86_64__) && defined(__clang__)
+#define CX_SCALAR_LOOP _Pragma("clang loop vectorize(disable) interleave(disable)")
+#else
+#define CX_SCALAR_LOOP
+#endif
+
 #include "reduce_internal.h"
 
 #define CX_ACCESS(T, tag)                                                                 \
@@ -70,6 +83,7 @@ HALF_OPS(bf16, cx_bf16_to_f32, cx_f32_to_bf16)
 #define KERNEL(name, acc, fn)                                                             \
     static void name(void *dst, const void *a, const void *b, size_t n)                   \
     {                                                                                     \
+        CX_SCALAR_LOOP                                                                    \
         for (size_t i = 0; i < n; i++)                                                    \
             st_##acc(dst, i, fn(ld_##acc(a, i), ld_##acc(b, i)));                         \
     }

@@ -1,0 +1,102 @@
+"""Run a worker script under collxrun with a hard time limit and split its output by rank.
+
+Every launch is bounded three times over, so a hung rank can never hang the suite: the
+worker's own watchdog (``COLLX_TEST_WATCHDOG``, see worker.py) dumps its stacks and exits,
+collxrun's ``--timeout`` tears the job down (exit 124), and subprocess's timeout kills
+collxrun as the last resort (ranks each run in their own session, so collxrun is asked to
+terminate first and given its grace period to take them down).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MP_DIR = Path(__file__).resolve().parent
+REPO = MP_DIR.parent.parent
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """os.environ without any COLLX_* knob of the caller, plus PYTHONPATH and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLX_")}
+    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@dataclass
+class Job:
+    """What a collxrun launch left behind."""
+    returncode: int
+    elapsed: float
+    stdout: str
+    stderr: str
+    out: dict[int, list[str]] = field(default_factory=dict)   # rank -> its stdout lines
+    err: dict[int, list[str]] = field(default_factory=dict)   # rank -> its stderr lines
+    launcher: list[str] = field(default_factory=list)         # collxrun's own stderr lines
+
+    def lines(self, rank: int, prefix: str) -> list[str]:
+        return [ln[len(prefix):].strip() for ln in self.out.get(rank, []) if ln.startswith(prefix)]
+
+    def report(self, limit: int = 60) -> str:
+        """The tail of everything, for assertion messages."""
+        tail = lambda text: "\n".join(text.splitlines()[-limit:])  # noqa: E731
+        return (f"collxrun exit {self.returncode} after {self.elapsed:.1f} s\n"
+                f"--- stdout (tail) ---\n{tail(self.stdout)}\n--- stderr (tail) ---\n"
+                f"{tail(self.stderr)}")
+
+
+def _split(text: str, tag: str, by_rank: dict[int, list[str]], other: list[str]) -> None:
+    for line in text.splitlines():
+        head, sep, rest = line.partition(f"]<{tag}>:")
+        if sep and head.startswith("[") and head[1:].isdigit():
+            by_rank.setdefault(int(head[1:]), []).append(rest)
+        else:
+            other.append(line)
+
+
+def collxrun(np: int, script: str, *args: str, env: dict[str, str] | None = None,
+             timeout: float = 120.0, grace: float = 2.0, watchdog: float | None = None) -> Job:
+    """Run ``python tests/mp/<script> args...`` on ``np`` ranks; never outlives ``timeout``
+    (+ grace + a few seconds). ``watchdog`` (default: timeout - 5 s) bounds each rank."""
+    env = dict(clean_env() if env is None else env)
+    env.setdefault("COLLX_TEST_WATCHDOG", str(max(5.0, (watchdog or timeout - 5.0))))
+    path = script if os.path.isabs(script) else str(MP_DIR / script)
+    cmd = [sys.executable, "-m", "collx.runner", "-np", str(np), "--timeout", str(timeout),
+           "--grace", str(grace), sys.executable, path, *args]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout + grace + 10)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)          # collxrun forwards it and reaps the ranks
+        try:
+            stdout, stderr = proc.communicate(timeout=grace + 8)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        stderr += "\n[launch.py] collxrun outlived its --timeout and was terminated\n"
+    job = Job(proc.returncode, time.monotonic() - t0, stdout, stderr)
+    _split(stdout, "stdout", job.out, job.launcher)
+    _split(stderr, "stderr", job.err, job.launcher)
+    return job
+
+
+def assert_all_ok(job: Job, np: int, marker: str = "OK") -> dict[int, str]:
+    """Exit code 0 and exactly one final ``marker`` line per rank (the last line it printed).
+    Returns rank -> the rest of that line."""
+    assert job.returncode == 0, job.report()
+    finals = {}
+    for rank in range(np):
+        lines = job.out.get(rank, [])
+        assert lines and lines[-1].startswith(marker + " "), \
+            f"rank {rank} did not finish with an '{marker}' line\n" + job.report()
+        finals[rank] = lines[-1][len(marker) + 1:]
+    assert sorted(job.out) == list(range(np)), f"unexpected ranks {sorted(job.out)}\n{job.report()}"
+    return finals
