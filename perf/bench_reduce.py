@@ -3,13 +3,13 @@
     python perf/bench_reduce.py [--sizes 64K,64M] [--dtypes float32,float16,int8]
 
 GB/s counts the bytes of one array per second (what a reduction step consumes per incoming
-buffer); memory traffic is three times that (read a, read b, write dst). Each row is the
-median of several timed runs of one call (one call includes ~0.3 us of Python binding
-overhead, visible at small sizes). dst is separate from a and b.
+buffer); memory traffic is three times that (read a, read b, write dst). dst is separate
+from a and b. Each row is the best of several batches of calls (the machine is shared: the
+best batch is the one least disturbed); a call includes the Python binding's overhead,
+printed first, which matters at small sizes.
 """
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -32,7 +32,7 @@ def parse_size(text):
 
 
 def timeit(fn, nbytes):
-    """Median seconds per call: calls batched so each sample lasts ~20 ms."""
+    """Seconds per call, best of several batches of ~20 ms."""
     fn()
     t0 = time.perf_counter()
     fn()
@@ -44,7 +44,7 @@ def timeit(fn, nbytes):
         for _ in range(batch):
             fn()
         samples.append((time.perf_counter() - t0) / batch)
-    return statistics.median(samples)
+    return min(samples)
 
 
 def main():
@@ -52,6 +52,11 @@ def main():
     ap.add_argument("--sizes", default="64K,64M", help="bytes per array, comma-separated")
     ap.add_argument("--dtypes", default="float32,float16,int8")
     args = ap.parse_args()
+    one = np.zeros(1, np.float32)
+    t_call = timeit(lambda: C.reduce_kernel(C.SUM, C.FLOAT32, -1, one, one, one), 4)
+    t_np = timeit(lambda: np.add(one, one, out=one), 4)
+    print(f"# call overhead (1 element): collx {t_call * 1e6:.2f} us, numpy {t_np * 1e6:.2f} us; "
+          f"kernel variant in use: {C.reduce_variant(C.FLOAT32)}")
     print(f"{'dtype':9} {'bytes':>9} {'impl':7} {'us/call':>10} {'GB/s':>7} {'traffic':>8}"
           f" {'vs numpy':>8}")
     for name in args.dtypes.split(","):

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .common import (gc_paused, check_chunk, check_count, check_counts, check_n, check_root, chunks,
-                     prefix)
+from .common import (check_chunk, check_count, check_counts, check_n, check_root, chunks,
+                     gc_paused, prefix)
 from .ir import Buf, Kind, Schedule, Step
 
 _SEND, _RECV, _RR, _COPY = Kind.SEND, Kind.RECV, Kind.RECV_REDUCE, Kind.COPY

@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 from typing import Sequence
 
-from .common import gc_paused, check_counts, prefix
+from .common import check_counts, gc_paused, prefix
 from .ir import Buf, Kind, Schedule, Step
 
 _SEND, _RECV, _COPY = Kind.SEND, Kind.RECV, Kind.COPY

@@ -9,16 +9,16 @@ n - 1 steps each block has visited every rank:
                              the local contribution; rank r ends owning reduced block (r + 1)
     allgather, step s:       send block (r + 1 - s), receive block (r - s)
 
-(for allreduce; ``ring_reducescatter`` and ``ring_allgather`` shift the indices so rank r ends
-with block r). Pipelining: each block is cut into chunks of at most ``chunk_count`` elements
+(for allreduce; ``ring_reducescatter`` shifts the indices by one so rank r ends with block r,
+and ``ring_allgather`` starts from each rank's own block). Pipelining: each block is cut into chunks of at most ``chunk_count`` elements
 and deps are per chunk, so rank r forwards chunk k of a block while chunk k + 1 is still
 arriving; every step on a given chunk range depends on the previous step that touched it.
 
 Cost, N bytes of data, n ranks, B = N / n (allreduce), P = number of chunks per block:
   allreduce:      2 (n - 1) B = 2 N (n - 1) / n sent and received per rank (bandwidth-optimal),
                   2 (n - 1) rounds of latency (+ P - 1 pipeline fill when chunked)
-  allgather:      N - own block sent per rank, n - 1 rounds
-  reducescatter:  N - own block sent per rank, n - 1 rounds
+  allgather:      N minus one block sent and received per rank, n - 1 rounds
+  reducescatter:  N minus one block sent and received per rank, n - 1 rounds
 When it wins: large messages, where bandwidth dominates and every link carries the same load.
 It loses to trees / recursive doubling for small messages (latency linear in n) and to
 hierarchical schemes when links are uneven.
@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .common import gc_paused, check_chunk, check_count, check_counts, check_n, chunks, even_split, prefix
+from .common import (check_chunk, check_count, check_counts, check_n, chunks, even_split,
+                     gc_paused, prefix)
 from .ir import Buf, Kind, Schedule, Step, make_step
 
 _SEND, _RECV, _RR, _COPY = Kind.SEND, Kind.RECV, Kind.RECV_REDUCE, Kind.COPY
@@ -169,4 +170,4 @@ def ring_reducescatter(counts: Sequence[int], chunk_count: int = 0) -> Schedule:
             _ring_step(st, bchunks[sb], sl, sspec, bchunks[rb], rl, rspec)
         steps.append(st)
     return Schedule("reducescatter", "ring", n, steps, [total] * n, list(counts), scratch,
-                    reduces=True)
+                    reduces=total > 0)

@@ -52,6 +52,14 @@ def _accepts_out(fn: Callable) -> bool:
         return False
 
 
+def _zeros(count: int, dtype: np.dtype) -> np.ndarray:
+    """A zero-filled buffer whose pages are resident (np.zeros may map untouched pages
+    that the first call would fault in, inside the timing and the --memory figure)."""
+    buf = np.empty(count, dtype)
+    buf.fill(0)
+    return buf
+
+
 def period(dtype: np.dtype, shift: int) -> np.ndarray:
     """The 7 values of the pattern starting at offset `shift`."""
     return ((np.arange(PERIOD) + shift) % PERIOD + 1).astype(dtype)
@@ -113,7 +121,7 @@ def make_case(op: str, count: int, dtype: np.dtype, redop: str, root: int,
     dtype = np.dtype(dtype)
     rop = collx_redop(redop)
     if op == "allreduce":
-        x, out, ip = np.empty(count, dtype), np.zeros(count, dtype), np.empty(count, dtype)
+        x, out, ip = np.empty(count, dtype), _zeros(count, dtype), np.empty(count, dtype)
         fill(x, period(dtype, 3 * r))
         fill(ip, period(dtype, 3 * r))
         want = reduced_period(dtype, redop, n)
@@ -131,7 +139,7 @@ def make_case(op: str, count: int, dtype: np.dtype, redop: str, root: int,
                     (lambda: collx.allreduce(ip, op=rop, out=ip)) if inplace else None,
                     check_ip if inplace else None, x.nbytes, out.nbytes)
     if op == "broadcast":
-        x, out, ip = np.empty(count, dtype), np.zeros(count, dtype), np.empty(count, dtype)
+        x, out, ip = np.empty(count, dtype), _zeros(count, dtype), np.empty(count, dtype)
         fill(x, period(dtype, 3 * r))
         fill(ip, period(dtype, 3 * r))
         want = period(dtype, 3 * root)
@@ -150,7 +158,7 @@ def make_case(op: str, count: int, dtype: np.dtype, redop: str, root: int,
                     check_ip if inplace else None, x.nbytes, out.nbytes)
     blk = count // n
     if op == "allgather":
-        x, out = np.empty(blk, dtype), np.zeros(count, dtype)
+        x, out = np.empty(blk, dtype), _zeros(count, dtype)
         fill(x, period(dtype, 3 * r))
 
         def check() -> int:
@@ -161,7 +169,7 @@ def make_case(op: str, count: int, dtype: np.dtype, redop: str, root: int,
         return Case(op, count, lambda: collx.allgather(x, out=out), check,
                     nbytes_in=x.nbytes, nbytes_out=out.nbytes)
     if op == "reducescatter":
-        x, out = np.empty(count, dtype), np.zeros(blk, dtype)
+        x, out = np.empty(count, dtype), _zeros(blk, dtype)
         fill(x, period(dtype, 3 * r))
         want = reduced_period(dtype, redop, n, offset=r * blk)
         if _accepts_out(collx.reducescatter):
@@ -175,7 +183,7 @@ def make_case(op: str, count: int, dtype: np.dtype, redop: str, root: int,
             return count_wrong(np.asarray(out if got is None else got), want)
         return Case(op, count, run, check, nbytes_in=x.nbytes, nbytes_out=out.nbytes)
     if op == "alltoall":
-        x, out = np.empty(count, dtype), np.zeros(count, dtype)
+        x, out = np.empty(count, dtype), _zeros(count, dtype)
         for j in range(n):   # block j goes to rank j
             fill(x[j * blk:(j + 1) * blk], period(dtype, 3 * r + 2 * j))
         if _accepts_out(collx.alltoall):

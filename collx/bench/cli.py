@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--out", default=None, help="also append the JSON lines to this file")
     o.add_argument("--peer", default=None, help="JSON 'peer' (default collx-<transport>)")
     o.add_argument("--memory", action="store_true",
-                   help="allreduce: peak extra RSS of one call beyond input+output (MiB)")
+                   help="allreduce only: peak extra RSS of one call beyond input+output "
+                        "(MiB; for a clean baseline run one size alone, e.g. --sizes 256M)")
     return p
 
 

@@ -66,7 +66,7 @@ def header(version: str, n: int, transport: str, variant: str, dtype: str, timin
     """The block printed once before any table."""
     host = socket.gethostname()
     lines = [
-        f"# collx-bench: collx {version}, np {n}, transport {transport}, host {host}, "
+        f"# collx-bench: {version}, np {n}, transport {transport}, host {host}, "
         f"load1 {load}",
         f"# reduce kernel variant ({dtype}): {variant}",
         f"# timing: {timing}",
@@ -101,7 +101,7 @@ def format_row(row: Row) -> str:
     return (f"{row.nbytes:>{_W[0]}}{row.count:>{_W[1]}}{row.type_name:>{_W[2]}}"
             f"{row.redop:>{_W[3]}}{row.root:>{_W[4]}}"
             f"{_variant(row.oop)}{_variant(row.inplace)}"
-            f"{_time(row.p50_us):>9}{_time(row.p99_us):>9}  {row.algo:<10}{row.transport:<9}")
+            f"{_time(row.p50_us):>9}{_time(row.p99_us):>9}  {row.algo:<10}{row.transport}")
 
 
 def footer(rows: list[Row]) -> str:

@@ -75,6 +75,8 @@ class Communicator:
     def execute(self, plan: Plan, inbuf: Any, outbuf: Any, dtype: int, redop: int,
                 timeout: float | None) -> None:
         t = self.timeout if timeout is None else float(timeout)
+        # Average = Sum on the wire; the executor divides OUT by the divisor at the end on
+        # every rank that holds a result (also ranks whose own steps reduced nothing).
         self.ccomm.execute(plan.capsule, inbuf, outbuf, dtype, redop,
                            self.size if redop == _C.AVERAGE else 1, plan.fingerprint, t)
 

@@ -274,6 +274,10 @@ def prepare_alltoall(comm: Communicator, x: Any, splits: Any, timeout: float | N
             matrix[src][comm.rank] = recv_rows[src] * row
         key = ("alltoall", tuple(matrix[comm.rank]), tuple(recv_rows))
         plan = comm.plan(key, isz, lambda: build_schedule("alltoall", n, send_counts=matrix))
+        # The key holds this rank's row and column of the matrix, which differ across ranks
+        # when splits do; the fingerprint every message carries must not (each message's
+        # size is checked on its own), so derive it from what all ranks share.
+        plan.fingerprint = zlib.crc32(f"alltoall|{n}|{isz}".encode())
         comm.execute(plan, arr, res, code, _C.SUM, timeout)
         if splits is None:
             return res

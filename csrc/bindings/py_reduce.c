@@ -56,7 +56,13 @@ static PyObject *py_average_finish(PyObject *self, PyObject *args)
     Py_buffer v;
     if (get_buf(ob, &v, 1) < 0)
         return NULL;
+    if (v.len % (Py_ssize_t)isz) {
+        PyBuffer_Release(&v);
+        return cx_py_raise_msg(CX_ERR_INVALID, "average_finish: buffer is not whole elements");
+    }
+    Py_BEGIN_ALLOW_THREADS
     cx_average_finish(v.buf, dtype, (size_t)v.len / isz, divisor);
+    Py_END_ALLOW_THREADS
     PyBuffer_Release(&v);
     Py_RETURN_NONE;
 }

@@ -309,7 +309,9 @@ cx_status cx_execute(cx_comm *c, const cx_plan *p, const cx_call *call)
         }
         idle_wait(c, idle);
     }
-    if (call->redop == CX_AVERAGE && p->reduces && call->average_divisor > 1 && call->out_len)
+    /* Not conditioned on this rank's steps reducing: a rank whose ring block is empty
+     * receives only finished sums and must still divide them. */
+    if (call->redop == CX_AVERAGE && call->average_divisor > 1 && call->out_len)
         cx_average_finish(call->out, call->dtype, call->out_len / isz, call->average_divisor);
     return CX_OK;
 }

@@ -67,11 +67,14 @@ INL __m256i prod_i64(__m256i a, __m256i b) /* lo*lo + ((hi*lo + lo*hi) << 32), m
                                      _mm256_mul_epu32(a, _mm256_srli_epi64(b, 32)));
     return _mm256_add_epi64(lo, _mm256_slli_epi64(cross, 32));
 }
-INL __m256i min_i64(__m256i a, __m256i b) /* b where a > b: ties keep a, as the scalar */
+INL __m256i min_i64(__m256i a, __m256i b) /* b where a > b */
 {
     return _mm256_blendv_epi8(a, b, _mm256_cmpgt_epi64(a, b));
 }
-INL __m256i max_i64(__m256i a, __m256i b) { return _mm256_blendv_epi8(a, b, _mm256_cmpgt_epi64(b, a)); }
+INL __m256i max_i64(__m256i a, __m256i b) /* b where b > a */
+{
+    return _mm256_blendv_epi8(a, b, _mm256_cmpgt_epi64(b, a));
+}
 
 /* ---- half types: 16 elements (32 bytes) through two float32 registers ---------------- */
 INL __m256 ld_f16(const char *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
@@ -84,19 +87,29 @@ INL void st_f16(char *p, __m256 v)
 #define BF16_HI _mm256_set1_epi32((int)0xffff0000u)
 INL __m256 bf16_even(__m256i w) { return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)); }
 INL __m256 bf16_odd(__m256i w) { return _mm256_castsi256_ps(_mm256_and_si256(w, BF16_HI)); }
-INL __m256i bf16_round(__m256 v) /* as cx_f32_to_bf16, result in the top 16 bits */
+/* float32 -> bfloat16 as cx_f32_to_bf16 does, result in the top 16 bits of the lane.
+ * SUM, PROD and the AVERAGE divide need no NaN test: their inputs came from bfloat16 (low
+ * 16 bits zero) and an x86 NaN result is a quieted input or the default NaN, so its low 16
+ * bits are zero too: the increment cannot carry out of them and the NaN is already quiet.
+ * MIN/MAX return an input unchanged: nothing to round, but a signalling NaN is quieted. */
+INL __m256i bf16_rne(__m256 v)
 {
     __m256i x = _mm256_castps_si256(v);
     __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
-    __m256i rnd = _mm256_add_epi32(x, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
-    __m256i nan = _mm256_or_si256(x, _mm256_set1_epi32(0x400000)); /* quiet, never Inf */
-    return _mm256_blendv_epi8(rnd, nan, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    return _mm256_add_epi32(x, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
 }
-INL __m256i bf16_join(__m256 even, __m256 odd)
+INL __m256i bf16_quiet(__m256 v)
 {
-    return _mm256_or_si256(_mm256_srli_epi32(bf16_round(even), 16),
-                           _mm256_and_si256(bf16_round(odd), BF16_HI));
+    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    return _mm256_or_si256(_mm256_castps_si256(v),
+                           _mm256_and_si256(nan, _mm256_set1_epi32(0x400000)));
 }
+#define bf16_fin_sum bf16_rne
+#define bf16_fin_prod bf16_rne
+#define bf16_fin_min bf16_quiet
+#define bf16_fin_max bf16_quiet
+#define bf16_join(fin, even, odd)                                                         \
+    _mm256_or_si256(_mm256_srli_epi32(fin(even), 16), _mm256_and_si256(fin(odd), BF16_HI))
 
 /* ---- blocks: one 32-byte vector of each input ---------------------------------------- */
 #define BLK_PS(op)                                                                        \
@@ -119,8 +132,9 @@ INL __m256i bf16_join(__m256 even, __m256 odd)
     {                                                                                     \
         __m256i a = _mm256_loadu_si256((const __m256i *)x);                               \
         __m256i b = _mm256_loadu_si256((const __m256i *)y);                               \
-        _mm256_storeu_si256((__m256i *)d, bf16_join(op##_ps(bf16_even(a), bf16_even(b)),  \
-                                                    op##_ps(bf16_odd(a), bf16_odd(b))));  \
+        __m256 even = op##_ps(bf16_even(a), bf16_even(b));                                \
+        __m256 odd = op##_ps(bf16_odd(a), bf16_odd(b));                                   \
+        _mm256_storeu_si256((__m256i *)d, bf16_join(bf16_fin_##op, even, odd));           \
     }
 #define BLK_INT(op, tag)                                                                  \
     INL void blk_##op##_##tag(char *d, const char *x, const char *y)                      \
@@ -163,7 +177,7 @@ INL void dblk_bf16(char *d, int dv)
 {
     __m256i w = _mm256_loadu_si256((const __m256i *)d);
     __m256 f = _mm256_set1_ps((float)dv);
-    _mm256_storeu_si256((__m256i *)d, bf16_join(_mm256_div_ps(bf16_even(w), f),
+    _mm256_storeu_si256((__m256i *)d, bf16_join(bf16_rne, _mm256_div_ps(bf16_even(w), f),
                                                 _mm256_div_ps(bf16_odd(w), f)));
 }
 CX_DRIVE_DIV(div_f16, static ATTR, VB, 2, dblk_f16)

@@ -79,19 +79,29 @@ INL void st_f16(char *p, __m512 v)
 #define BF16_HI _mm512_set1_epi32((int)0xffff0000u)
 INL __m512 bf16_even(__m512i w) { return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)); }
 INL __m512 bf16_odd(__m512i w) { return _mm512_castsi512_ps(_mm512_and_si512(w, BF16_HI)); }
-INL __m512i bf16_round(__m512 v) /* as cx_f32_to_bf16, result in the top 16 bits */
+/* float32 -> bfloat16 as cx_f32_to_bf16 does, result in the top 16 bits of the lane.
+ * SUM, PROD and the AVERAGE divide need no NaN test: their inputs came from bfloat16 (low
+ * 16 bits zero) and an x86 NaN result is a quieted input or the default NaN, so its low 16
+ * bits are zero too: the increment cannot carry out of them and the NaN is already quiet.
+ * MIN/MAX return an input unchanged: nothing to round, but a signalling NaN is quieted. */
+INL __m512i bf16_rne(__m512 v)
 {
     __m512i x = _mm512_castps_si512(v);
     __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
-    __m512i rnd = _mm512_add_epi32(x, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-    __m512i nan = _mm512_or_si512(x, _mm512_set1_epi32(0x400000)); /* quiet, never Inf */
-    return _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), rnd, nan);
+    return _mm512_add_epi32(x, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
 }
-INL __m512i bf16_join(__m512 even, __m512 odd)
+INL __m512i bf16_quiet(__m512 v)
 {
-    return _mm512_or_si512(_mm512_srli_epi32(bf16_round(even), 16),
-                           _mm512_and_si512(bf16_round(odd), BF16_HI));
+    __m512i x = _mm512_castps_si512(v);
+    return _mm512_mask_or_epi32(x, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), x,
+                                _mm512_set1_epi32(0x400000));
 }
+#define bf16_fin_sum bf16_rne
+#define bf16_fin_prod bf16_rne
+#define bf16_fin_min bf16_quiet
+#define bf16_fin_max bf16_quiet
+#define bf16_join(fin, even, odd)                                                         \
+    _mm512_or_si512(_mm512_srli_epi32(fin(even), 16), _mm512_and_si512(fin(odd), BF16_HI))
 
 /* ---- blocks: one 64-byte vector of each input ---------------------------------------- */
 #define BLK_PS(op)                                                                        \
@@ -111,8 +121,9 @@ INL __m512i bf16_join(__m512 even, __m512 odd)
     INL void blk_##op##_bf16(char *d, const char *x, const char *y)                       \
     {                                                                                     \
         __m512i a = _mm512_loadu_si512(x), b = _mm512_loadu_si512(y);                     \
-        _mm512_storeu_si512(d, bf16_join(op##_ps(bf16_even(a), bf16_even(b)),             \
-                                         op##_ps(bf16_odd(a), bf16_odd(b))));             \
+        __m512 even = op##_ps(bf16_even(a), bf16_even(b));                                \
+        __m512 odd = op##_ps(bf16_odd(a), bf16_odd(b));                                   \
+        _mm512_storeu_si512(d, bf16_join(bf16_fin_##op, even, odd));                      \
     }
 #define BLK_INT(op, tag)                                                                  \
     INL void blk_##op##_##tag(char *d, const char *x, const char *y)                      \
@@ -152,7 +163,8 @@ INL void dblk_bf16(char *d, int dv)
 {
     __m512i w = _mm512_loadu_si512(d);
     __m512 f = _mm512_set1_ps((float)dv);
-    _mm512_storeu_si512(d, bf16_join(_mm512_div_ps(bf16_even(w), f), _mm512_div_ps(bf16_odd(w), f)));
+    _mm512_storeu_si512(d, bf16_join(bf16_rne, _mm512_div_ps(bf16_even(w), f),
+                                     _mm512_div_ps(bf16_odd(w), f)));
 }
 CX_DRIVE_DIV(div_f16, static ATTR, VB, 2, dblk_f16)
 CX_DRIVE_DIV(div_f32, static ATTR, VB, 4, dblk_f32)

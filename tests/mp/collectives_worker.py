@@ -77,20 +77,36 @@ class Case:
         self.cx, self.chk, self.inp, self.dt = collx, chk, inp, dt
         self.n, self.r, self.c = collx.size(), collx.rank(), inp.count
         self.ci, self.di, self.seed = ci, di, seed
+        self._cache: dict = {}
         self.ops = {"Sum": collx.Sum, "Average": collx.Average, "Min": collx.Min,
                     "Max": collx.Max, "Product": collx.Product}
 
     # -- inputs and references -------------------------------------------------------
+    # Converted once per case and cached read-only (collectives must accept read-only
+    # inputs; in-place calls take a fresh() copy).
+    def _cached(self, key, make) -> np.ndarray:
+        arr = self._cache.get(key)
+        if arr is None:
+            arr = self._cache[key] = make()
+            arr.flags.writeable = False
+        return arr
+
     def x(self, s: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
-        return as_dtype(self.inp.sb[s][lo:hi], self.dt)
+        return self._cached(("x", s), lambda: as_dtype(self.inp.sb[s], self.dt))[lo:hi]
 
     def p(self, s: int) -> np.ndarray:
-        return as_dtype(self.inp.pb[s], self.dt, product=True)
+        return self._cached(("p", s), lambda: as_dtype(self.inp.pb[s], self.dt, product=True))
+
+    def fresh(self, arr: np.ndarray) -> np.ndarray:
+        return arr.copy()
 
     def arg(self, op: str, s: int) -> np.ndarray:
         return self.p(s) if op == "Product" else self.x(s)
 
     def ref(self, op: str) -> np.ndarray:
+        return self._cached(("ref", op), lambda: self._ref(op))
+
+    def _ref(self, op: str) -> np.ndarray:
         inp, dt, n = self.inp, self.dt, self.n
         shift = n * OFFSET if dt.kind == "u" else 0
         if op == "Sum":
@@ -145,17 +161,18 @@ class Case:
             x = self.arg(op, r)
             res = cx.allreduce(x, op=code) if op != "Average" else cx.allreduce(x)  # default op
             self.check(f"allreduce op={op}", res, self.ref(op))
-            self.check(f"allreduce op={op} input unchanged", x, self.arg(op, r))
             self.cover(f"allreduce:{op}")
         out = np.full(self.c, 3, self.dt)
-        got = cx.allreduce(self.x(r), op=cx.Sum, out=out)
+        x = self.fresh(self.x(r))                              # a writable input
+        got = cx.allreduce(x, op=cx.Sum, out=out)
         self.chk.true(self.label("allreduce out= returns out"), got is out)
         self.check("allreduce out=", out, self.ref("Sum"))
-        y = self.p(r)
+        self.check("allreduce input unchanged", x, as_dtype(self.inp.sb[r], self.dt))
+        y = self.fresh(self.p(r))
         got = cx.allreduce_(y, op=cx.Product)
         self.chk.true(self.label("allreduce_ returns x"), got is y or np.shares_memory(got, y))
         self.check("allreduce_ op=Product", y, self.ref("Product"))
-        y = self.x(r)
+        y = self.fresh(self.x(r))
         cx.allreduce(y, op=cx.Max, out=y)                       # in place through out=x
         self.check("allreduce out=x op=Max", y, self.ref("Max"))
         self.cover("allreduce:out", "allreduce_", "allreduce:out=x")
@@ -167,11 +184,11 @@ class Case:
     def broadcast(self) -> None:
         cx, r = self.cx, self.r
         root = self.root(0)
-        x = self.x(r)
+        x = self.fresh(self.x(r))
         self.check(f"broadcast root={root}", cx.broadcast(x, root), self.x(root))
         self.check("broadcast input unchanged", x, self.x(r))
         root = self.root(1)
-        y = self.x(r)
+        y = self.fresh(self.x(r))
         got = cx.broadcast_(y, root)
         self.check(f"broadcast_ root={root}", y, self.x(root))
         self.chk.true(self.label("broadcast_ returns x"), got is y or np.shares_memory(got, y))
@@ -183,7 +200,8 @@ class Case:
         self.cover("broadcast", "broadcast_", "broadcast:out")
 
     def allgather_ref(self) -> np.ndarray:
-        return np.concatenate([self.x(s, 0, self.rows(s)) for s in range(self.n)])
+        return self._cached(("allgather",), lambda: np.concatenate(
+            [self.x(s, 0, self.rows(s)) for s in range(self.n)]))
 
     def allgather(self) -> None:
         cx, r = self.cx, self.r
