@@ -46,9 +46,11 @@ def _check_matrix(send_counts: Sequence[Sequence[int]]) -> list[list[int]]:
 
 
 @gc_paused
-def pairwise_alltoall(send_counts: Sequence[Sequence[int]]) -> Schedule:
+def pairwise_alltoall(send_counts: Sequence[Sequence[int]], aliasable: bool = True) -> Schedule:
     """Alltoall(v) by pairwise exchange; ``send_counts[src][dst]`` elements go from src to
-    dst. See the module docstring for buffers and the in-place rule."""
+    dst. See the module docstring for buffers and the in-place rule. ``aliasable=False``
+    (registered as "pairwise_direct") promises IN and OUT are separate buffers: every receive
+    goes straight into OUT, no scratch detours."""
     sc = _check_matrix(send_counts)
     n = len(sc)
     sdispl = [prefix(row) for row in sc]                       # IN offsets, by destination
@@ -60,7 +62,7 @@ def pairwise_alltoall(send_counts: Sequence[Sequence[int]]) -> Schedule:
     scratch = [0] * n
     for r in range(n):
         own = sc[r][r]
-        if in_counts[r] != out_counts[r]:
+        if not aliasable or in_counts[r] != out_counts[r]:
             st: list[Step] = []
             if own:
                 st.append(Step(_COPY, _OUT, rdispl[r][r], own, -1, _IN, sdispl[r][r], ()))
@@ -74,7 +76,8 @@ def pairwise_alltoall(send_counts: Sequence[Sequence[int]]) -> Schedule:
         else:
             st, scratch[r] = _aliasable_rank(r, n, sc, sdispl[r], rdispl[r])
             steps.append(st)
-    return Schedule("alltoall", "pairwise", n, steps, in_counts, out_counts, scratch)
+    return Schedule("alltoall", "pairwise" if aliasable else "pairwise_direct", n, steps,
+                    in_counts, out_counts, scratch)
 
 
 def _aliasable_rank(r: int, n: int, sc: list[list[int]], sdispl: list[int],

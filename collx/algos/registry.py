@@ -58,6 +58,9 @@ register("allgather", "ring",
 register("reducescatter", "ring",
          lambda n, counts, chunk_count, **_: ring_reducescatter(counts, chunk_count))
 register("alltoall", "pairwise", lambda n, send_counts, **_: pairwise_alltoall(send_counts))
+# out-of-place only (IN and OUT never alias): no scratch detours
+register("alltoall", "pairwise_direct",
+         lambda n, send_counts, **_: pairwise_alltoall(send_counts, aliasable=False))
 register("broadcast", "binomial",
          lambda n, count, root, chunk_count, **_: binomial_broadcast(n, count, root,
                                                                      chunk_count))

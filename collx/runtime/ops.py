@@ -257,7 +257,7 @@ def prepare_alltoall(comm: Communicator, x: Any, splits: Any, timeout: float | N
             send[0::2], send[1::2] = mine[:n], mine[n:]
             recv = np.empty(2 * n, np.int64)
             meta = comm.plan(("alltoall-meta",), 8, lambda: build_schedule(
-                "alltoall", n, send_counts=[[2] * n for _ in range(n)]))
+                "alltoall", n, send_counts=[[2] * n for _ in range(n)], algo="pairwise_direct"))
             comm.execute(meta, send, recv, _C.INT64, _C.SUM, timeout)
             recv_rows, sigs = recv[0::2].tolist(), recv[1::2].tolist()
             bad = [r for r in range(n) if sigs[r] != sigs[comm.rank]]
@@ -273,7 +273,9 @@ def prepare_alltoall(comm: Communicator, x: Any, splits: Any, timeout: float | N
         for src in range(n):
             matrix[src][comm.rank] = recv_rows[src] * row
         key = ("alltoall", tuple(matrix[comm.rank]), tuple(recv_rows))
-        plan = comm.plan(key, isz, lambda: build_schedule("alltoall", n, send_counts=matrix))
+        # the output is always a fresh array: the out-of-place variant needs no detours
+        plan = comm.plan(key, isz, lambda: build_schedule("alltoall", n, send_counts=matrix,
+                                                          algo="pairwise_direct"))
         # The key holds this rank's row and column of the matrix, which differ across ranks
         # when splits do; the fingerprint every message carries must not (each message's
         # size is checked on its own), so derive it from what all ranks share.
