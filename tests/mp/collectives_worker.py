@@ -23,7 +23,8 @@ checks, the (count, dtype) pairs run and how many of them each collective covere
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import time
 
 import numpy as np
 
@@ -390,18 +391,15 @@ class Case:
                 self.check(name, got, want)
             self.cover(name.split()[0])
 
-    def run(self) -> None:
-        self.allreduce()
-        self.broadcast()
-        self.allgather()
-        self.gather()
-        self.reducescatter()
-        self.reduce()
-        self.scatter()
-        self.alltoall()
-        self.barrier()
-        self.point_to_point()
-        self.asynchronous()
+    def run(self, timing: dict | None = None) -> None:
+        for step in (self.allreduce, self.broadcast, self.allgather, self.gather,
+                     self.reducescatter, self.reduce, self.scatter, self.alltoall, self.barrier,
+                     self.point_to_point, self.asynchronous):
+            t0 = time.perf_counter()
+            step()
+            if timing is not None:
+                key = f"{step.__name__}@{self.c}"
+                timing[key] = timing.get(key, 0.0) + time.perf_counter() - t0
 
 
 def main() -> None:
@@ -420,13 +418,16 @@ def main() -> None:
     chk = worker.Checker(cx.rank())
     comm = cx.communicator()
     pairs = []
+    timing = {} if os.environ.get("COLLX_TEST_TIMING") else None
     for ci, count in enumerate(counts):
         inp = Inputs(cx.size(), count, args.seed)
         for di, name in enumerate(dtypes):
             if count >= BIG and name not in big_dtypes:
                 continue
-            Case(cx, chk, inp, np.dtype(name), ci, di, args.seed).run()
+            Case(cx, chk, inp, np.dtype(name), ci, di, args.seed).run(timing)
             pairs.append([count, name])
+    if timing is not None:       # COLLX_TEST_TIMING=1: seconds per collective and count
+        worker.say("TIMING " + " ".join(f"{k}={v:.2f}" for k, v in sorted(timing.items())))
     chk.finish(size=cx.size(), pairs=pairs,
                transports={str(k): v for k, v in sorted(comm.transports.items())})
 
