@@ -45,6 +45,10 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("COLLX_CHUNK_BYTES", int, 1 << 20, "pipelining chunk of ring schedules, bytes"),
     Knob("COLLX_SHM_EAGER_BYTES", int, 16384, "messages up to this size are copied through "
          "the shared-memory queue; larger ones are read directly from the sender's memory"),
+    Knob("COLLX_REDUCE_VARIANT", str, "auto", "scalar | avx2 | avx512 | auto: cap the "
+         "reduction kernel variant (read once by the C core; for debugging)"),
+    Knob("COLLX_DEBUG_C", str, None, "set to print every C error with file:line as it "
+         "propagates (the CX_CHECK trace)"),
     Knob("COLLX_LOG", str, "warning", "log level: debug | info | warning | error"),
     Knob("COLLX_BOOTSTRAP", str, "auto", "auto | env | mpi: where init() reads rank/size"),
     # launcher (collxrun)

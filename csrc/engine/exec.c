@@ -174,9 +174,10 @@ static cx_status idle_wait(cx_comm *c, unsigned long idle)
     int n = 0;
     for (int i = 0; i < c->size && n < 64; i++)
         if (c->conns[i] && c->conns[i]->npending > 0) {
-            int fd = c->conns[i]->ops->wait_fd(c->conns[i]);
+            short ev = 0;
+            int fd = c->conns[i]->ops->wait_fd(c->conns[i], &ev);
             if (fd >= 0)
-                fds[n++] = (struct pollfd){.fd = fd, .events = POLLIN};
+                fds[n++] = (struct pollfd){.fd = fd, .events = ev};
         }
     if (n)
         poll(fds, (nfds_t)n, 1);

@@ -43,7 +43,9 @@ typedef struct cx_conn_ops {
     const char *name;                                    /* "shm", "tcp" */
     cx_status (*post)(cx_conn *c, cx_xfer *x);           /* queue a send or receive */
     cx_status (*progress)(cx_conn *c);                   /* move bytes; never blocks */
-    int (*wait_fd)(cx_conn *c);                          /* fd to poll when idle, -1 if none */
+    /* fd to poll when idle (-1 if none); *events gets POLLIN, plus POLLOUT while a send
+     * is blocked on a full socket (never POLLOUT alone: it is almost always ready) */
+    int (*wait_fd)(cx_conn *c, short *events);
     void (*destroy)(cx_conn *c);                         /* close and free */
 } cx_conn_ops;
 

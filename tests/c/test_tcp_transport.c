@@ -145,7 +145,8 @@ static cx_status drive(cx_conn *c, cx_xfer *xs, int n, size_t stop_at)
             }
         if (!left)
             return CX_OK;
-        struct pollfd p = {.fd = c->ops->wait_fd(c), .events = POLLIN | (sends ? POLLOUT : 0)};
+        short ev_unused = 0;
+        struct pollfd p = {.fd = c->ops->wait_fd(c, &ev_unused), .events = POLLIN | (sends ? POLLOUT : 0)};
         poll(&p, 1, 100);
     }
 }
@@ -666,7 +667,7 @@ static void local_checks(void)
     int nodelay = 0;
     socklen_t len = sizeof nodelay;
     getsockopt(fds[0], IPPROTO_TCP, TCP_NODELAY, &nodelay, &len);
-    CHECK(c->alive_fd == fds[0] && c->ops->wait_fd(c) == fds[0], "alive_fd/wait_fd not the socket");
+    CHECK(c->alive_fd == fds[0] && c->ops->wait_fd(c, &(short){0}) == fds[0], "alive_fd/wait_fd not the socket");
     CHECK(fcntl(fds[0], F_GETFL) & O_NONBLOCK, "socket left blocking");
     CHECK(nodelay, "TCP_NODELAY not set");
     CHECK(!strcmp(c->ops->name, "tcp") && c->peer == 1 && c->self == 0, "name/peer/self wrong");

@@ -100,3 +100,117 @@ def assert_all_ok(job: Job, np: int, marker: str = "OK") -> dict[int, str]:
         finals[rank] = lines[-1][len(marker) + 1:]
     assert sorted(job.out) == list(range(np)), f"unexpected ranks {sorted(job.out)}\n{job.report()}"
     return finals
+
+
+class Ranks:
+    """Ranks started directly (no collxrun, so nobody tears the job down when one dies):
+    a TCPStoreServer of our own and the COLLX_* variables collxrun would set. Each rank's
+    stdout is read by a thread; ``wait_line`` waits for a line with a given prefix. Use as a
+    context manager: on exit every rank still running is SIGKILLed (by pid) and reaped."""
+
+    def __init__(self, nranks: int, script: str, *args: str, env: dict[str, str] | None = None,
+                 watchdog: float = 60.0) -> None:
+        import secrets
+        import threading
+
+        from collx.rendezvous import TCPStoreServer
+
+        self.n = nranks
+        secret = secrets.token_hex(32)
+        self.server = TCPStoreServer("127.0.0.1", 0, secret=secret.encode()).start()
+        base = dict(clean_env() if env is None else env)
+        base.setdefault("COLLX_TEST_WATCHDOG", str(watchdog))
+        path = script if os.path.isabs(script) else str(MP_DIR / script)
+        self.procs: list[subprocess.Popen] = []
+        self.lines: list[list[str]] = [[] for _ in range(nranks)]
+        self._cv = threading.Condition()
+        self._eof = [False] * nranks
+        self._pumps: list[threading.Thread] = []
+        for rank in range(nranks):
+            env_r = dict(base, COLLX_RANK=str(rank), COLLX_SIZE=str(nranks),
+                         COLLX_LOCAL_RANK=str(rank), COLLX_LOCAL_SIZE=str(nranks),
+                         COLLX_CROSS_RANK="0", COLLX_CROSS_SIZE="1",
+                         COLLX_STORE_ADDR=self.server.address, COLLX_SECRET=secret)
+            proc = subprocess.Popen([sys.executable, path, *args], env=env_r, cwd=str(REPO),
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+            self.procs.append(proc)
+            pump = threading.Thread(target=self._pump, args=(rank, proc), daemon=True)
+            pump.start()
+            self._pumps.append(pump)
+
+    def _pump(self, rank: int, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            with self._cv:
+                self.lines[rank].append(line.rstrip("\n"))
+                self._cv.notify_all()
+        with self._cv:
+            self._eof[rank] = True
+            self._cv.notify_all()
+
+    def find(self, rank: int, prefix: str) -> str | None:
+        with self._cv:
+            for line in self.lines[rank]:
+                if line.startswith(prefix):
+                    return line[len(prefix):].strip()
+        return None
+
+    def wait_line(self, rank: int, prefix: str, timeout: float) -> str | None:
+        """The rest of the first line of ``rank`` starting with ``prefix``; None when none
+        came within ``timeout`` s (or the rank exited without printing it)."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                for line in self.lines[rank]:
+                    if line.startswith(prefix):
+                        return line[len(prefix):].strip()
+                left = deadline - time.monotonic()
+                if left <= 0 or self._eof[rank]:
+                    return None
+                self._cv.wait(min(left, 0.1))
+
+    def output(self) -> str:
+        with self._cv:
+            return "\n".join(f"[{r}] {ln}" for r in range(self.n) for ln in self.lines[r])
+
+    def release(self, rank: int) -> None:
+        """Close the rank's stdin (workers block on it to stay alive until told)."""
+        try:
+            self.procs[rank].stdin.close()
+        except OSError:
+            pass
+
+    def kill(self, rank: int) -> float:
+        """SIGKILL one rank; returns the time.time() of the kill."""
+        self.procs[rank].send_signal(signal.SIGKILL)
+        return time.time()
+
+    def wait_all(self, timeout: float) -> list[int | None]:
+        deadline = time.monotonic() + timeout
+        codes = []
+        for p in self.procs:
+            try:
+                codes.append(p.wait(max(0.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                codes.append(None)
+        return codes
+
+    def __enter__(self) -> "Ranks":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        for p, pump in zip(self.procs, self._pumps):
+            pump.join(2)
+            try:
+                p.stdin.close()
+            except (OSError, ValueError):
+                pass
+        self.server.stop()

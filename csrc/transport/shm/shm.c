@@ -253,7 +253,11 @@ static cx_status shm_progress(cx_conn *c)
     return CX_OK;
 }
 
-static int shm_wait_fd(cx_conn *c) { return -1; }
+static int shm_wait_fd(cx_conn *c, short *events)
+{
+    *events = 0;
+    return -1;
+}
 
 static void shm_destroy(cx_conn *c)
 {

@@ -34,6 +34,7 @@
 #endif
 #include <endian.h>
 #include <errno.h>
+#include <poll.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -355,7 +356,11 @@ static cx_status tcp_progress(cx_conn *c)
     return CX_OK;
 }
 
-static int tcp_wait_fd(cx_conn *c) { return T(c)->fd; }
+static int tcp_wait_fd(cx_conn *c, short *events)
+{
+    *events = (short)(POLLIN | (T(c)->send_head ? POLLOUT : 0));
+    return T(c)->fd;
+}
 
 static void tcp_destroy(cx_conn *c)
 {
