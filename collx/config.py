@@ -49,7 +49,6 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
          "reduction kernel variant (read once by the C core; for debugging)"),
     Knob("COLLX_DEBUG_C", str, None, "set to print every C error with file:line as it "
          "propagates (the CX_CHECK trace)"),
-    Knob("COLLX_LOG", str, "warning", "log level: debug | info | warning | error"),
     Knob("COLLX_BOOTSTRAP", str, "auto", "auto | env | mpi: where init() reads rank/size"),
     # launcher (collxrun)
     Knob("COLLX_GRACE", float, 5.0, "seconds collxrun waits after SIGTERM before it "
