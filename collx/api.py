@@ -71,40 +71,41 @@ def is_initialized() -> bool:
     return _comm is not None
 
 
-def _need() -> tuple[Communicator, Engine]:
+def _need(op: str = "call") -> tuple[Communicator, Engine]:
     comm, engine = _comm, _engine
     if comm is None or engine is None:
-        raise InvalidUsage("collx is not initialized: call collx.init() first")
+        raise InvalidUsage(f"collx.{op}: collx is not initialized; call collx.init() first "
+                           f"(after collx.shutdown(), call collx.init() again)")
     return comm, engine
 
 
 def rank() -> int:
-    return _need()[0].rank
+    return _need("rank")[0].rank
 
 
 def size() -> int:
-    return _need()[0].size
+    return _need("size")[0].size
 
 
 def local_rank() -> int:
-    return _need()[0].local_rank
+    return _need("local_rank")[0].local_rank
 
 
 def local_size() -> int:
-    return _need()[0].local_size
+    return _need("local_size")[0].local_size
 
 
 def cross_rank() -> int:
-    return _need()[0].cross_rank
+    return _need("cross_rank")[0].cross_rank
 
 
 def cross_size() -> int:
-    return _need()[0].cross_size
+    return _need("cross_size")[0].cross_size
 
 
 def communicator() -> Communicator:
     """The world communicator (for tools: transports in use, plan cache)."""
-    return _need()[0]
+    return _need("communicator")[0]
 
 
 def _label(op: str, name: str | None) -> str:
@@ -117,7 +118,7 @@ def allreduce(x: Any, op: int = Average, name: str | None = None, out: Any = Non
               timeout: float | None = None) -> np.ndarray:
     """Reduce x over all ranks; every rank gets the result (a new array, or out=; out may be
     x itself for in-place). Integer Average truncates toward zero."""
-    comm, engine = _need()
+    comm, engine = _need("allreduce")
     return engine.run(ops.prepare_allreduce(comm, x, op, out, timeout), _label("allreduce", name))
 
 
@@ -129,7 +130,7 @@ def allreduce_(x: Any, op: int = Average, name: str | None = None,
 
 def allreduce_async(x: Any, op: int = Average, name: str | None = None, out: Any = None,
                     timeout: float | None = None) -> Handle:
-    comm, engine = _need()
+    comm, engine = _need("allreduce_async")
     return engine.submit(ops.prepare_allreduce(comm, x, op, out, timeout), _label("allreduce", name))
 
 
@@ -138,7 +139,7 @@ def allreduce_async(x: Any, op: int = Average, name: str | None = None, out: Any
 def broadcast(x: Any, root_rank: int, name: str | None = None, out: Any = None,
               timeout: float | None = None) -> np.ndarray:
     """Every rank gets root_rank's x (a new array, or out=); x is not modified."""
-    comm, engine = _need()
+    comm, engine = _need("broadcast")
     return engine.run(ops.prepare_broadcast(comm, x, root_rank, out, timeout), _label("broadcast", name))
 
 
@@ -150,7 +151,7 @@ def broadcast_(x: Any, root_rank: int, name: str | None = None,
 
 def broadcast_async(x: Any, root_rank: int, name: str | None = None, out: Any = None,
                     timeout: float | None = None) -> Handle:
-    comm, engine = _need()
+    comm, engine = _need("broadcast_async")
     return engine.submit(ops.prepare_broadcast(comm, x, root_rank, out, timeout), _label("broadcast", name))
 
 
@@ -159,13 +160,13 @@ def broadcast_async(x: Any, root_rank: int, name: str | None = None, out: Any = 
 def allgather(x: Any, name: str | None = None, out: Any = None,
               timeout: float | None = None) -> np.ndarray:
     """Concatenate every rank's x along the first dimension (which may differ per rank)."""
-    comm, engine = _need()
+    comm, engine = _need("allgather")
     return engine.run(ops.prepare_allgather(comm, x, out, timeout), _label("allgather", name))
 
 
 def allgather_async(x: Any, name: str | None = None, out: Any = None,
                     timeout: float | None = None) -> Handle:
-    comm, engine = _need()
+    comm, engine = _need("allgather_async")
     return engine.submit(ops.prepare_allgather(comm, x, out, timeout), _label("allgather", name))
 
 
@@ -173,13 +174,13 @@ def reducescatter(x: Any, op: int = Average, name: str | None = None,
                   timeout: float | None = None) -> np.ndarray:
     """Reduce x over ranks and give rank r the r-th part of the first dimension (split as
     evenly as possible, the first ranks getting one row more)."""
-    comm, engine = _need()
+    comm, engine = _need("reducescatter")
     return engine.run(ops.prepare_reducescatter(comm, x, op, timeout), _label("reducescatter", name))
 
 
 def reducescatter_async(x: Any, op: int = Average, name: str | None = None,
                         timeout: float | None = None) -> Handle:
-    comm, engine = _need()
+    comm, engine = _need("reducescatter_async")
     return engine.submit(ops.prepare_reducescatter(comm, x, op, timeout), _label("reducescatter", name))
 
 
@@ -187,13 +188,13 @@ def alltoall(x: Any, splits: Any = None, name: str | None = None,
              timeout: float | None = None) -> Any:
     """Send splits[d] rows of x to rank d (even split when splits is None). Returns the rows
     received in rank order, and with splits given also the received splits."""
-    comm, engine = _need()
+    comm, engine = _need("alltoall")
     return engine.run(ops.prepare_alltoall(comm, x, splits, timeout), _label("alltoall", name))
 
 
 def alltoall_async(x: Any, splits: Any = None, name: str | None = None,
                    timeout: float | None = None) -> Handle:
-    comm, engine = _need()
+    comm, engine = _need("alltoall_async")
     return engine.submit(ops.prepare_alltoall(comm, x, splits, timeout), _label("alltoall", name))
 
 
@@ -202,24 +203,24 @@ def alltoall_async(x: Any, splits: Any = None, name: str | None = None,
 def reduce(x: Any, root_rank: int = 0, op: int = Sum, out: Any = None,
            timeout: float | None = None) -> np.ndarray | None:
     """Reduce x over ranks onto root_rank; returns the result there and None elsewhere."""
-    comm, engine = _need()
+    comm, engine = _need("reduce")
     return engine.run(ops.prepare_reduce(comm, x, root_rank, op, out, timeout), "reduce")
 
 
 def reduce_async(x: Any, root_rank: int = 0, op: int = Sum, out: Any = None,
                  timeout: float | None = None) -> Handle:
-    comm, engine = _need()
+    comm, engine = _need("reduce_async")
     return engine.submit(ops.prepare_reduce(comm, x, root_rank, op, out, timeout), "reduce")
 
 
 def gather(x: Any, root_rank: int = 0, timeout: float | None = None) -> np.ndarray | None:
     """Concatenate every rank's x on root_rank (None elsewhere); first dims may differ."""
-    comm, engine = _need()
+    comm, engine = _need("gather")
     return engine.run(ops.prepare_gather(comm, x, root_rank, timeout), "gather")
 
 
 def gather_async(x: Any, root_rank: int = 0, timeout: float | None = None) -> Handle:
-    comm, engine = _need()
+    comm, engine = _need("gather_async")
     return engine.submit(ops.prepare_gather(comm, x, root_rank, timeout), "gather")
 
 
@@ -227,23 +228,23 @@ def scatter(x: Any, root_rank: int = 0, out: Any = None,
             timeout: float | None = None) -> np.ndarray:
     """Split root_rank's x along the first dimension; rank r gets part r. Every rank passes
     an array of the root's shape and dtype (only the root's values are read)."""
-    comm, engine = _need()
+    comm, engine = _need("scatter")
     return engine.run(ops.prepare_scatter(comm, x, root_rank, out, timeout), "scatter")
 
 
 def scatter_async(x: Any, root_rank: int = 0, out: Any = None,
                   timeout: float | None = None) -> Handle:
-    comm, engine = _need()
+    comm, engine = _need("scatter_async")
     return engine.submit(ops.prepare_scatter(comm, x, root_rank, out, timeout), "scatter")
 
 
 def barrier(timeout: float | None = None) -> None:
-    comm, engine = _need()
+    comm, engine = _need("barrier")
     engine.run(ops.prepare_barrier(comm, timeout), "barrier")
 
 
 def barrier_async(timeout: float | None = None) -> Handle:
-    comm, engine = _need()
+    comm, engine = _need("barrier_async")
     return engine.submit(ops.prepare_barrier(comm, timeout), "barrier")
 
 
@@ -252,23 +253,23 @@ def barrier_async(timeout: float | None = None) -> Handle:
 def send(x: Any, dst: int, tag: int = 0, timeout: float | None = None) -> None:
     """Send x to rank dst. Messages between two ranks match in order; the tags of a
     matching send and recv must agree (else MismatchError)."""
-    comm, engine = _need()
+    comm, engine = _need("send")
     engine.run(ops.prepare_send(comm, x, dst, tag, timeout), "send")
 
 
 def send_async(x: Any, dst: int, tag: int = 0, timeout: float | None = None) -> Handle:
-    comm, engine = _need()
+    comm, engine = _need("send_async")
     return engine.submit(ops.prepare_send(comm, x, dst, tag, timeout), "send")
 
 
 def recv(out: Any, src: int, tag: int = 0, timeout: float | None = None) -> np.ndarray:
     """Receive into out (its size must equal the matching send's) from rank src."""
-    comm, engine = _need()
+    comm, engine = _need("recv")
     return engine.run(ops.prepare_recv(comm, out, src, tag, timeout), "recv")
 
 
 def recv_async(out: Any, src: int, tag: int = 0, timeout: float | None = None) -> Handle:
-    comm, engine = _need()
+    comm, engine = _need("recv_async")
     return engine.submit(ops.prepare_recv(comm, out, src, tag, timeout), "recv")
 
 

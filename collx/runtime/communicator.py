@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import _C, config
+from ..errors import CollxError, MismatchError
 from ..algos.ir import Schedule
 from ..algos.pack import pack_rank
 
@@ -26,6 +27,33 @@ class Plan:
     fingerprint: int
     algo: str
     nsteps: int
+    key: tuple = ()
+    # fingerprint per (dtype, op): ranks passing float32 vs int32, or Sum vs Max, to the
+    # same plan must get MismatchError, not silently mixed bytes; computed once per pair
+    fingerprints: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        op, *sizes = self.key[:-1] if self.key else ("?",)
+        return f"{op}{tuple(sizes)} with {self.algo}"
+
+
+_REDOP_NAMES = {_C.SUM: "Sum", _C.PROD: "Product", _C.MIN: "Min", _C.MAX: "Max",
+                _C.AVERAGE: "Average"}
+
+
+def _annotated(exc: CollxError, plan: Plan, dtype: int, redop: int) -> CollxError:
+    """The same error, its message prefixed with the op (and, for a mismatch, what this
+    rank called), so that every rank's message says which collective failed."""
+    op = plan.key[0] if plan.key else "collective"
+    msg = f"collx.{op}: {exc}"
+    if isinstance(exc, MismatchError):
+        msg += (f" [this rank ran {plan.describe()}, dtype {_C.DTYPE_NAMES[dtype]}, op "
+                f"{_REDOP_NAMES.get(redop, redop)}]")
+    new = type(exc)(msg)
+    for attr in ("peer", "status"):
+        if hasattr(exc, attr):
+            setattr(new, attr, getattr(exc, attr))
+    return new
 
 
 @dataclass
@@ -65,7 +93,7 @@ class Communicator:
         steps, deps, scratch = pack_rank(schedule, self.rank, itemsize)
         capsule = self.ccomm.plan(steps, deps, scratch)
         plan = Plan(capsule, zlib.crc32(repr(full_key).encode()), schedule.algo,
-                    len(schedule.steps[self.rank]))
+                    len(schedule.steps[self.rank]), full_key)
         with self._lock:
             self._plans[full_key] = plan
             while len(self._plans) > MAX_PLANS:
@@ -74,11 +102,18 @@ class Communicator:
 
     def execute(self, plan: Plan, inbuf: Any, outbuf: Any, dtype: int, redop: int,
                 timeout: float | None) -> None:
-        t = self.timeout if timeout is None else float(timeout)
+        fp = plan.fingerprints.get((dtype, redop))
+        if fp is None:
+            fp = plan.fingerprints[(dtype, redop)] = zlib.crc32(f"|{dtype}|{redop}".encode(),
+                                                                plan.fingerprint)
+        t = self.timeout if timeout is None else timeout
         # Average = Sum on the wire; the executor divides OUT by the divisor at the end on
         # every rank that holds a result (also ranks whose own steps reduced nothing).
-        self.ccomm.execute(plan.capsule, inbuf, outbuf, dtype, redop,
-                           self.size if redop == _C.AVERAGE else 1, plan.fingerprint, t)
+        try:
+            self.ccomm.execute(plan.capsule, inbuf, outbuf, dtype, redop,
+                               self.size if redop == _C.AVERAGE else 1, fp, t)
+        except CollxError as exc:
+            raise _annotated(exc, plan, dtype, redop) from None
 
     def close(self) -> None:
         if self.ccomm is not None:

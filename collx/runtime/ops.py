@@ -32,6 +32,17 @@ def _check_op(op: int, name: str) -> int:
     return op
 
 
+def _check_timeout(timeout: Any, name: str) -> float | None:
+    """None = the communicator's default (COLLX_TIMEOUT); else a positive number of seconds."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)) \
+            or not timeout > 0 or timeout != timeout:
+        raise InvalidUsage(f"collx.{name}: timeout={timeout!r} must be a positive number of "
+                           f"seconds (or None for COLLX_TIMEOUT)")
+    return float(timeout)
+
+
 def _check_root(comm: Communicator, root: int, name: str) -> int:
     if not isinstance(root, (int, np.integer)) or not 0 <= root < comm.size:
         raise InvalidUsage(f"collx.{name}: root_rank={root!r} is not a rank of this job "
@@ -69,6 +80,7 @@ def _signature(arr: np.ndarray) -> int:
 
 def prepare_allreduce(comm: Communicator, x: Any, op: int, out: Any, timeout: float | None,
                       name: str = "allreduce") -> Job:
+    timeout = _check_timeout(timeout, name)
     arr = as_array(x, name)
     _check_op(op, name)
     code = reduce_code(arr, name)
@@ -88,6 +100,7 @@ def prepare_allreduce(comm: Communicator, x: Any, op: int, out: Any, timeout: fl
 
 def prepare_broadcast(comm: Communicator, x: Any, root: int, out: Any, timeout: float | None,
                       name: str = "broadcast") -> Job:
+    timeout = _check_timeout(timeout, name)
     arr = as_array(x, name)
     root = _check_root(comm, root, name)
     res = check_out(out, name, arr.shape, arr.dtype)
@@ -125,26 +138,44 @@ def _exchange_rows(comm: Communicator, arr: np.ndarray, timeout: float | None, n
 
 def prepare_allgather(comm: Communicator, x: Any, out: Any, timeout: float | None,
                       name: str = "allgather") -> Job:
+    timeout = _check_timeout(timeout, name)
     arr = as_array(x, name)
     if arr.ndim == 0:
         arr = arr.reshape(1)
     code, isz = _move_code(arr)
     row = _row_elems(arr) * arr.itemsize // isz
+    # Refuse a bad out= before anything is sent. Its first dimension can only be checked
+    # once the ranks' rows are known: then we still take part (into a scratch array) so
+    # that the other ranks complete, and raise afterwards.
+    given = None
+    if out is not None:
+        given = as_array(out, name, "out", writable=True)
+        if given.dtype != arr.dtype or given.shape[1:] != arr.shape[1:] or given.ndim != arr.ndim:
+            raise InvalidUsage(f"collx.{name}: out has shape {given.shape} and dtype "
+                               f"{given.dtype}; this call needs shape (sum of every rank's "
+                               f"rows,) + {arr.shape[1:]} and dtype {arr.dtype}")
 
     def job() -> np.ndarray:
         rows = _exchange_rows(comm, arr, timeout, name) if comm.size > 1 else [arr.shape[0]]
-        res = check_out(out, name, (sum(rows),) + arr.shape[1:], arr.dtype)
+        shape = (sum(rows),) + arr.shape[1:]
+        bad_rows = given is not None and given.shape != shape
+        res = given if given is not None and not bad_rows else np.empty(shape, arr.dtype)
         counts = [r * row for r in rows]
         plan = comm.plan(("allgather", tuple(counts)), isz,
                          lambda: build_schedule("allgather", comm.size, counts=counts,
                                                 chunk_count=comm.chunk_count(isz)))
         comm.execute(plan, arr, res, code, _C.SUM, timeout)
+        if bad_rows:
+            raise InvalidUsage(f"collx.{name}: out has shape {given.shape}, but the ranks' "
+                               f"rows {rows} add up to shape {shape}; pass out=None or an "
+                               f"array of that shape (the collective itself completed)")
         return res
     return job
 
 
 def prepare_gather(comm: Communicator, x: Any, root: int, timeout: float | None,
                    name: str = "gather") -> Job:
+    timeout = _check_timeout(timeout, name)
     arr = as_array(x, name)
     if arr.ndim == 0:
         arr = arr.reshape(1)
@@ -167,6 +198,7 @@ def prepare_gather(comm: Communicator, x: Any, root: int, timeout: float | None,
 
 def prepare_reducescatter(comm: Communicator, x: Any, op: int, timeout: float | None,
                           name: str = "reducescatter") -> Job:
+    timeout = _check_timeout(timeout, name)
     arr = as_array(x, name)
     if arr.ndim == 0:
         raise InvalidUsage(f"collx.{name}: needs at least one dimension to split across ranks")
@@ -188,6 +220,7 @@ def prepare_reducescatter(comm: Communicator, x: Any, op: int, timeout: float | 
 
 def prepare_reduce(comm: Communicator, x: Any, root: int, op: int, out: Any,
                    timeout: float | None, name: str = "reduce") -> Job:
+    timeout = _check_timeout(timeout, name)
     arr = as_array(x, name)
     root = _check_root(comm, root, name)
     _check_op(op, name)
@@ -209,6 +242,7 @@ def prepare_scatter(comm: Communicator, x: Any, root: int, out: Any, timeout: fl
                     name: str = "scatter") -> Job:
     """Root splits x's first dimension as evenly as possible (first ranks get one more row);
     every rank passes an array of the same shape and dtype (non-roots' values are unused)."""
+    timeout = _check_timeout(timeout, name)
     arr = as_array(x, name)
     if arr.ndim == 0:
         raise InvalidUsage(f"collx.{name}: needs at least one dimension to split across ranks")
@@ -232,6 +266,7 @@ def prepare_scatter(comm: Communicator, x: Any, root: int, out: Any, timeout: fl
 
 def prepare_alltoall(comm: Communicator, x: Any, splits: Any, timeout: float | None,
                      name: str = "alltoall") -> Job:
+    timeout = _check_timeout(timeout, name)
     arr = as_array(x, name)
     if arr.ndim == 0:
         raise InvalidUsage(f"collx.{name}: needs at least one dimension to split across ranks")
@@ -290,6 +325,7 @@ def prepare_alltoall(comm: Communicator, x: Any, splits: Any, timeout: float | N
 # ---------------------------------------------------------------- barrier, send/recv ------
 
 def prepare_barrier(comm: Communicator, timeout: float | None) -> Job:
+    timeout = _check_timeout(timeout, "barrier")
     plan = comm.plan(("barrier",), 1, lambda: build_schedule("barrier", comm.size))
 
     def job() -> None:
@@ -319,6 +355,7 @@ def _p2p_plan(comm: Communicator, kind: str, peer: int, nbytes: int, tag: int):
 
 
 def prepare_send(comm: Communicator, x: Any, dst: int, tag: int, timeout: float | None) -> Job:
+    timeout = _check_timeout(timeout, "send")
     arr = as_array(x, "send")
     dst = _check_peer(comm, dst, "send", "dst")
     plan = _p2p_plan(comm, "send", dst, arr.nbytes, int(tag))
@@ -329,6 +366,7 @@ def prepare_send(comm: Communicator, x: Any, dst: int, tag: int, timeout: float 
 
 
 def prepare_recv(comm: Communicator, out: Any, src: int, tag: int, timeout: float | None) -> Job:
+    timeout = _check_timeout(timeout, "recv")
     arr = as_array(out, "recv", "out", writable=True)
     src = _check_peer(comm, src, "recv", "src")
     plan = _p2p_plan(comm, "recv", src, arr.nbytes, int(tag))

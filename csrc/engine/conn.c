@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "cx_transport.h"
 
@@ -18,6 +19,14 @@ cx_status cx_conn_check_alive(cx_conn *c)
         return errno == EINTR ? CX_OK
                               : CX_ERROR(CX_ERR_SYSTEM, c->peer, "poll on rank %d's socket: %s",
                                          c->peer, strerror(errno));
+    if (r > 0 && !c->alive_is_data && (p.revents & POLLIN)) {
+        char note = 0;
+        if (recv(c->alive_fd, &note, 1, MSG_PEEK | MSG_DONTWAIT) == 1 && note == 'A')
+            return CX_ERROR(CX_ERR_TRANSPORT, c->peer,
+                            "rank %d abandoned the communicator after an error of its own (a "
+                            "timeout, a mismatch or a dead peer it saw; its own error says "
+                            "which); rank %d cannot finish this collective", c->peer, c->self);
+    }
     /* The peer's kernel closes its sockets when it dies: FIN (RDHUP), RST (ERR) or HUP. */
     if (r > 0 && (p.revents & (POLLHUP | POLLERR | POLLRDHUP | POLLNVAL)))
         return CX_ERROR(CX_ERR_TRANSPORT, c->peer,

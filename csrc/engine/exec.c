@@ -118,6 +118,9 @@ static cx_status fail(cx_comm *c, cx_status st)
         st == CX_ERR_SYSTEM) {
         c->broken = 1;
         snprintf(c->broken_msg, sizeof c->broken_msg, "%s", cx_last_error());
+        for (int i = 0; i < c->size; i++)
+            if (c->conns[i] && c->conns[i]->ops->notify_abort)
+                c->conns[i]->ops->notify_abort(c->conns[i]);
         close_all(c);
     }
     return st;

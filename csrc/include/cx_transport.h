@@ -47,6 +47,9 @@ typedef struct cx_conn_ops {
      * is blocked on a full socket (never POLLOUT alone: it is almost always ready) */
     int (*wait_fd)(cx_conn *c, short *events);
     void (*destroy)(cx_conn *c);                         /* close and free */
+    /* Optional (may be NULL): tell the peer we abandon the communicator after an error of
+     * ours, so its error names the cause instead of "rank gone". */
+    void (*notify_abort)(cx_conn *c);
 } cx_conn_ops;
 
 struct cx_conn {
@@ -54,6 +57,7 @@ struct cx_conn {
     int peer;               /* peer rank */
     int self;               /* own rank */
     int alive_fd;           /* a socket to the peer: EOF/HUP on it means the peer is gone */
+    int alive_is_data;      /* alive_fd also carries data (tcp): never read it for notices */
     int npending;           /* posted and not yet done (kept by the transport) */
     void *impl;
 };

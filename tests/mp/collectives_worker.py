@@ -57,7 +57,7 @@ class Inputs:
             rng = np.random.default_rng([seed, r, count])
             self.sb.append(rng.integers(-15, 16, count, dtype=np.int8))
             self.pb.append(table[rng.integers(0, 3 if r < 4 else 2, count)])
-        stack = np.stack(self.sb) if n else None
+        stack = np.stack(self.sb)
         self.sum = stack.sum(axis=0, dtype=np.int64)
         self.min = stack.min(axis=0).astype(np.int64)
         self.max = stack.max(axis=0).astype(np.int64)

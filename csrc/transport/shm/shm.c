@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -162,6 +163,11 @@ static cx_status cma_error(shm_conn *s, size_t nbytes)
         return CX_ERROR(CX_ERR_TRANSPORT, s->base.peer, "rank %d is gone (process %d exited "
                         "while rank %d was reading its buffer)", s->base.peer, (int)s->peer_pid,
                         s->base.self);
+    if (e == EFAULT)
+        return CX_ERROR(CX_ERR_TRANSPORT, s->base.peer, "rank %d's buffer disappeared while rank "
+                        "%d was reading it: rank %d abandoned the collective after an error of "
+                        "its own (its error says which)", s->base.peer, s->base.self,
+                        s->base.peer);
     if (e == EPERM)
         return CX_ERROR(CX_ERR_TRANSPORT, s->base.peer, "rank %d may not read rank %d's memory "
                         "(process_vm_readv: EPERM; Yama ptrace_scope or differing users); set "
@@ -270,7 +276,16 @@ static void shm_destroy(cx_conn *c)
     free(s);
 }
 
-static const cx_conn_ops shm_ops = {"shm", shm_post, shm_progress, shm_wait_fd, shm_destroy};
+static void shm_notify_abort(cx_conn *c)
+{
+    if (c->alive_fd >= 0) {
+        ssize_t ignored = send(c->alive_fd, "A", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void)ignored;   /* best effort: the close that follows is the signal of last resort */
+    }
+}
+
+static const cx_conn_ops shm_ops = {"shm", shm_post, shm_progress, shm_wait_fd, shm_destroy,
+                                    shm_notify_abort};
 
 cx_status cx_shm_conn_create(int alive_fd, int self, int peer, const char *name, int create,
                              int peer_pid, size_t eager_bytes, cx_conn **out)

@@ -413,6 +413,7 @@ cx_status cx_tcp_conn_create(int fd, int self, int peer, cx_conn **out)
     c->peer = peer;
     c->self = self;
     c->alive_fd = fd;   /* the data socket is the liveness signal too */
+    c->alive_is_data = 1;
     c->impl = t;
     *out = c;
     return CX_OK;
