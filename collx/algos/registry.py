@@ -25,6 +25,7 @@ from .binomial import (binomial_barrier, binomial_broadcast, binomial_gather, bi
                        binomial_scatter)
 from .common import check_chunk, check_count, check_counts, check_n, check_root, even_split
 from .ir import Schedule
+from .pair import pair_allreduce
 from .pairwise import pairwise_alltoall
 from .ring import ring_allgather, ring_allreduce, ring_reducescatter
 
@@ -53,6 +54,7 @@ def register(op: str, name: str, fn: Builder, default: bool = False) -> None:
 
 register("allreduce", "ring",
          lambda n, count, chunk_count, **_: ring_allreduce(n, count, chunk_count))
+register("allreduce", "pair", lambda n, count, **_: pair_allreduce(n, count))
 register("allgather", "ring",
          lambda n, counts, chunk_count, **_: ring_allgather(counts, chunk_count))
 register("reducescatter", "ring",

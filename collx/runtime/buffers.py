@@ -44,7 +44,9 @@ def dtype_code(dtype: np.dtype) -> int | None:
 
 def as_array(x: Any, op: str, what: str = "input", writable: bool = False) -> np.ndarray:
     """View x as a numpy array without copying; refuse what the C side cannot take."""
-    if isinstance(x, np.ndarray):
+    if type(x) is np.ndarray:
+        arr = x
+    elif isinstance(x, np.ndarray):
         arr = x
     else:
         try:
@@ -75,6 +77,10 @@ def check_out(out: Any, op: str, shape: tuple[int, ...], dtype: np.dtype) -> np.
     """Validate a caller's out= (or allocate one)."""
     if out is None:
         return np.empty(shape, dtype)
+    if type(out) is np.ndarray and out.shape == shape and out.dtype == dtype:
+        flags = out.flags        # hot path: one flags object, no re-wrapping
+        if flags.c_contiguous and flags.writeable:
+            return out
     arr = as_array(out, op, "out", writable=True)
     if arr.shape != tuple(shape) or arr.dtype != dtype:
         raise InvalidUsage(f"collx.{op}: out has shape {arr.shape} and dtype {arr.dtype}; "

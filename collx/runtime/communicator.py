@@ -72,8 +72,11 @@ class Communicator:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
+        self.pair_max_bytes = config.get("COLLX_PAIR_MAX_BYTES")
+        self._fast_keys: set[tuple] = set()
         if self.ccomm is None:
             self.ccomm = _C.Comm(self.rank, self.size)
+        self.ccomm.set_timeout(float(self.timeout))
 
     def transport_name(self) -> str:
         kinds = sorted(set(self.transports.values()))
@@ -84,11 +87,9 @@ class Communicator:
 
     def plan(self, key: tuple, itemsize: int, build: Callable[[], Schedule]) -> Plan:
         full_key = key + (itemsize,)
-        with self._lock:
-            plan = self._plans.get(full_key)
-            if plan is not None:
-                self._plans.move_to_end(full_key)
-                return plan
+        plan = self._plans.get(full_key)       # hot path: a dict read is atomic, no lock
+        if plan is not None:
+            return plan
         schedule = build()
         steps, deps, scratch = pack_rank(schedule, self.rank, itemsize)
         capsule = self.ccomm.plan(steps, deps, scratch)
@@ -96,16 +97,30 @@ class Communicator:
                     len(schedule.steps[self.rank]), full_key)
         with self._lock:
             self._plans[full_key] = plan
-            while len(self._plans) > MAX_PLANS:
+            while len(self._plans) > MAX_PLANS:     # evict the oldest-built plan
                 self._plans.popitem(last=False)
         return plan
 
-    def execute(self, plan: Plan, inbuf: Any, outbuf: Any, dtype: int, redop: int,
-                timeout: float | None) -> None:
+    def _fingerprint(self, plan: Plan, dtype: int, redop: int) -> int:
         fp = plan.fingerprints.get((dtype, redop))
         if fp is None:
             fp = plan.fingerprints[(dtype, redop)] = zlib.crc32(f"|{dtype}|{redop}".encode(),
                                                                 plan.fingerprint)
+        return fp
+
+    def register_fast(self, plan: Plan, nbytes: int, dtype: int, redop: int) -> None:
+        """Let later identical allreduce calls (same bytes, dtype, op; validated here once)
+        go straight to C: collx._C.Comm.allreduce_fast."""
+        key = (nbytes, dtype, redop, plan.key)
+        if key not in self._fast_keys:
+            self._fast_keys.add(key)
+            self.ccomm.fast_register(nbytes, dtype, redop, plan.capsule,
+                                     self._fingerprint(plan, dtype, redop),
+                                     self.size if redop == _C.AVERAGE else 1)
+
+    def execute(self, plan: Plan, inbuf: Any, outbuf: Any, dtype: int, redop: int,
+                timeout: float | None) -> None:
+        fp = self._fingerprint(plan, dtype, redop)
         t = self.timeout if timeout is None else timeout
         # Average = Sum on the wire; the executor divides OUT by the divisor at the end on
         # every rank that holds a result (also ranks whose own steps reduced nothing).

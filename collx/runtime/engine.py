@@ -66,6 +66,10 @@ class Engine:
             self._cv.notify_all()
         return handle
 
+    def idle_sync(self) -> bool:
+        """True while no async call was ever made: a synchronous call may run inline."""
+        return self._thread is None
+
     def run(self, job: Callable[[], Any], name: str) -> Any:
         """Run synchronously, in call order: inline when nothing is pending."""
         if self._thread is None:          # no async call yet: nothing can be pending

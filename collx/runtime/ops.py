@@ -86,9 +86,15 @@ def prepare_allreduce(comm: Communicator, x: Any, op: int, out: Any, timeout: fl
     code = reduce_code(arr, name)
     res = check_out(out, name, arr.shape, arr.dtype)
     count = arr.size
-    plan = comm.plan(("allreduce", count), arr.itemsize,
-                     lambda: build_schedule("allreduce", comm.size, count=count,
+    # Until topology-driven selection (collx/topo) exists: two ranks and a latency-bound size
+    # take the one-round pair exchange, everything else the pipelined ring.
+    algo = "pair" if comm.size == 2 and arr.nbytes <= comm.pair_max_bytes else "ring"
+    plan = comm.plan(("allreduce", count, algo), arr.itemsize,
+                     lambda: build_schedule("allreduce", comm.size, count=count, algo=algo,
                                             chunk_count=comm.chunk_count(arr.itemsize)))
+
+    if out is not None:
+        comm.register_fast(plan, arr.nbytes, code, op)
 
     def job() -> np.ndarray:
         comm.execute(plan, arr, res, code, op, timeout)

@@ -8,10 +8,29 @@
 #include "../transport/shm/cx_shm.h"
 #include "../transport/tcp/cx_tcp.h"
 
+/* The allreduce fast path's cache: calls Python already validated once, by (bytes, dtype,
+ * op). Direct-mapped; a miss just means one more trip through the Python path. */
+#define CX_FAST_SLOTS 64
+typedef struct {
+    Py_ssize_t nbytes;
+    int dtype, redop, divisor;
+    uint32_t fingerprint;
+    PyObject *capsule;   /* keeps the plan alive */
+    cx_plan *plan;
+} cx_fast_entry;
+
 typedef struct {
     PyObject_HEAD
     cx_comm *comm;
+    cx_fast_entry fast[CX_FAST_SLOTS];
+    double fast_timeout;     /* the communicator's default timeout (fast calls have no timeout=) */
 } CommObject;
+
+static unsigned fast_slot(Py_ssize_t nbytes, int dtype, int redop)
+{
+    size_t h = (size_t)nbytes * 0x9E3779B97F4A7C15ull ^ (size_t)(dtype * 31 + redop);
+    return (unsigned)(h >> 7) % CX_FAST_SLOTS;
+}
 
 static void plan_capsule_free(PyObject *cap)
 {
@@ -33,6 +52,8 @@ static int Comm_init(CommObject *self, PyObject *args, PyObject *kw)
 
 static void Comm_dealloc(CommObject *self)
 {
+    for (int i = 0; i < CX_FAST_SLOTS; i++)
+        Py_CLEAR(self->fast[i].capsule);
     cx_comm_destroy(self->comm);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -157,6 +178,111 @@ static PyObject *Comm_execute(CommObject *self, PyObject *const *args, Py_ssize_
     return st == CX_OK ? Py_NewRef(Py_None) : cx_py_raise(st);
 }
 
+/* fast_register(nbytes, dtype, redop, plan, fingerprint, divisor): remember a validated call */
+static PyObject *Comm_fast_register(CommObject *self, PyObject *args)
+{
+    Py_ssize_t nbytes;
+    int dtype, redop, divisor;
+    unsigned long fp;
+    PyObject *cap;
+    if (!PyArg_ParseTuple(args, "niiOki", &nbytes, &dtype, &redop, &cap, &fp, &divisor))
+        return NULL;
+    cx_plan *p = PyCapsule_GetPointer(cap, "collx.plan");
+    if (!p)
+        return NULL;
+    cx_fast_entry *e = &self->fast[fast_slot(nbytes, dtype, redop)];
+    Py_INCREF(cap);
+    Py_XSETREF(e->capsule, cap);
+    e->nbytes = nbytes;
+    e->dtype = dtype;
+    e->redop = redop;
+    e->divisor = divisor;
+    e->fingerprint = (uint32_t)fp;
+    e->plan = p;
+    Py_RETURN_NONE;
+}
+
+/* numpy's buffer format -> dtype code, or -1 (then the Python path decides). */
+static int format_dtype(const char *f, Py_ssize_t itemsize)
+{
+    if (!f)
+        return -1;
+    if (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    if (f[0] == 0 || f[1] != 0)
+        return -1;
+    switch (f[0]) {
+    case 'e': return CX_FLOAT16;
+    case 'f': return CX_FLOAT32;
+    case 'd': return CX_FLOAT64;
+    case 'b': return CX_INT8;
+    case 'B': return CX_UINT8;
+    case 'i': case 'l': case 'q':
+        return itemsize == 4 ? CX_INT32 : itemsize == 8 ? CX_INT64 : -1;
+    default: return -1;
+    }
+}
+
+/* allreduce_fast(x, out, redop) -> out, or None when the call is not one Python already
+ * validated (then the Python path runs, with its full checks and messages). Only buffers
+ * that are C-contiguous, of one shape and dtype, non-overlapping (or identical) qualify. */
+static PyObject *Comm_allreduce_fast(CommObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !self->comm)
+        Py_RETURN_NONE;
+    int redop = (int)PyLong_AsLong(args[2]);
+    if (redop == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    Py_buffer in, out;
+    if (PyObject_GetBuffer(args[0], &in, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (PyObject_GetBuffer(args[1], &out, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        PyErr_Clear();
+        PyBuffer_Release(&in);
+        Py_RETURN_NONE;
+    }
+    PyObject *ret = Py_None;
+    int dtype = format_dtype(in.format, in.itemsize);
+    cx_fast_entry *e = &self->fast[fast_slot(in.len, dtype, redop)];
+    int ok = dtype >= 0 && e->capsule && e->nbytes == in.len && e->dtype == dtype &&
+             e->redop == redop && out.len == in.len && in.ndim == out.ndim &&
+             format_dtype(out.format, out.itemsize) == dtype;
+    for (int d = 0; ok && d < in.ndim; d++)
+        ok = in.shape[d] == out.shape[d];
+    if (ok && in.buf != out.buf && (char *)in.buf < (char *)out.buf + out.len &&
+        (char *)out.buf < (char *)in.buf + in.len)
+        ok = 0;                                /* partial overlap: let Python explain */
+    if (ok) {
+        cx_call call = {in.buf, (size_t)in.len, out.buf, (size_t)out.len, dtype, redop,
+                        e->divisor, e->fingerprint, self->fast_timeout};
+        PyObject *cap = e->capsule;             /* the plan must outlive a re-register */
+        Py_INCREF(cap);
+        cx_status st;
+        Py_BEGIN_ALLOW_THREADS
+        st = cx_execute(self->comm, e->plan, &call);
+        Py_END_ALLOW_THREADS
+        Py_DECREF(cap);
+        if (st != CX_OK)
+            ret = NULL, cx_py_raise(st);
+        else
+            ret = args[1];
+    }
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
+    return ret ? Py_NewRef(ret) : NULL;
+}
+
+static PyObject *Comm_set_timeout(CommObject *self, PyObject *args)
+{
+    if (!PyArg_ParseTuple(args, "d", &self->fast_timeout))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Comm_close(CommObject *self, PyObject *noargs)
 {
     cx_comm_destroy(self->comm);
@@ -177,6 +303,11 @@ static PyMethodDef Comm_methods[] = {
     {"execute", (PyCFunction)(void (*)(void))Comm_execute, METH_FASTCALL,
      "execute(plan, in, out, dtype, redop, average_divisor, fingerprint, timeout_s)"},
     {"close", (PyCFunction)Comm_close, METH_NOARGS, "close every connection"},
+    {"fast_register", (PyCFunction)Comm_fast_register, METH_VARARGS,
+     "fast_register(nbytes, dtype, redop, plan, fingerprint, divisor)"},
+    {"allreduce_fast", (PyCFunction)(void (*)(void))Comm_allreduce_fast, METH_FASTCALL,
+     "allreduce_fast(x, out, redop) -> out, or None to take the Python path"},
+    {"set_timeout", (PyCFunction)Comm_set_timeout, METH_VARARGS, "default timeout, seconds"},
     {"broken", (PyCFunction)Comm_broken, METH_NOARGS, "True after a transport error"},
     {NULL, NULL, 0, NULL},
 };
