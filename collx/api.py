@@ -28,26 +28,30 @@ Product: int = _C.PROD
 _state_lock = threading.Lock()
 _comm: Communicator | None = None
 _engine: Engine | None = None
+# collx._C.Comm.allreduce_fast while it may be used: only synchronous calls so far (an
+# async call queued behind the worker must not be overtaken), else None
+_fast: Any = None
 
 
 def init(timeout: float | None = None) -> None:
     """Join the job: reads collxrun's COLLX_* variables, or mpirun's (through mpi4py), or runs
     as a single process of size 1 when neither is set. Idempotent."""
-    global _comm, _engine
+    global _comm, _engine, _fast
     with _state_lock:
         if _comm is not None:
             return
         _comm = init_communicator(timeout)
         _engine = Engine()
+        _fast = _comm.ccomm.allreduce_fast
 
 
 def shutdown() -> None:
     """Finish pending work, say goodbye to the peers (a short barrier, so a peer still
     finishing its last collective never mistakes our exit for a crash) and close."""
-    global _comm, _engine
+    global _comm, _engine, _fast
     with _state_lock:
         comm, engine = _comm, _engine
-        _comm = _engine = None
+        _comm = _engine = _fast = None
     if comm is None:
         return
     try:
@@ -108,6 +112,14 @@ def communicator() -> Communicator:
     return _need("communicator")[0]
 
 
+def _submit(engine: Engine, job: Any, name: str) -> Handle:
+    """Queue an async job. From now on synchronous calls keep program order through the
+    engine, so the C fast path (which would overtake the queue) is switched off."""
+    global _fast
+    _fast = None
+    return engine.submit(job, name)
+
+
 def _label(op: str, name: str | None) -> str:
     return f"{op}({name})" if name else op
 
@@ -118,17 +130,18 @@ def allreduce(x: Any, op: int = Average, name: str | None = None, out: Any = Non
               timeout: float | None = None) -> np.ndarray:
     """Reduce x over all ranks; every rank gets the result (a new array, or out=; out may be
     x itself for in-place). Integer Average truncates toward zero."""
-    comm, engine = _comm, _engine
-    if out is not None and timeout is None and engine is not None and engine.idle_sync():
-        # Latency path: a call identical in bytes, dtype and op to one the Python path below
-        # already validated runs straight in C; None means "not known", not an error.
-        try:
-            with engine._exec:
-                res = comm.ccomm.allreduce_fast(x, out, op)
-        except CollxError as exc:
-            raise type(exc)(f"collx.allreduce: {exc}") from None
-        if res is not None:
-            return res
+    if out is not None and timeout is None:
+        fast = _fast
+        if fast is not None:
+            # Latency path: a call identical in bytes, dtype and op to one the Python path
+            # below already validated runs straight in C (thread-safe there); None means
+            # "not known here", not an error.
+            try:
+                res = fast(x, out, op)
+            except CollxError as exc:
+                raise type(exc)(f"collx.allreduce: {exc}") from None
+            if res is not None:
+                return res
     comm, engine = _need("allreduce")
     return engine.run(ops.prepare_allreduce(comm, x, op, out, timeout), _label("allreduce", name))
 
@@ -142,7 +155,7 @@ def allreduce_(x: Any, op: int = Average, name: str | None = None,
 def allreduce_async(x: Any, op: int = Average, name: str | None = None, out: Any = None,
                     timeout: float | None = None) -> Handle:
     comm, engine = _need("allreduce_async")
-    return engine.submit(ops.prepare_allreduce(comm, x, op, out, timeout), _label("allreduce", name))
+    return _submit(engine, ops.prepare_allreduce(comm, x, op, out, timeout), _label("allreduce", name))
 
 
 # ---- broadcast -------------------------------------------------------------------------
@@ -163,7 +176,7 @@ def broadcast_(x: Any, root_rank: int, name: str | None = None,
 def broadcast_async(x: Any, root_rank: int, name: str | None = None, out: Any = None,
                     timeout: float | None = None) -> Handle:
     comm, engine = _need("broadcast_async")
-    return engine.submit(ops.prepare_broadcast(comm, x, root_rank, out, timeout), _label("broadcast", name))
+    return _submit(engine, ops.prepare_broadcast(comm, x, root_rank, out, timeout), _label("broadcast", name))
 
 
 # ---- allgather / reducescatter / alltoall ----------------------------------------------
@@ -178,7 +191,7 @@ def allgather(x: Any, name: str | None = None, out: Any = None,
 def allgather_async(x: Any, name: str | None = None, out: Any = None,
                     timeout: float | None = None) -> Handle:
     comm, engine = _need("allgather_async")
-    return engine.submit(ops.prepare_allgather(comm, x, out, timeout), _label("allgather", name))
+    return _submit(engine, ops.prepare_allgather(comm, x, out, timeout), _label("allgather", name))
 
 
 def reducescatter(x: Any, op: int = Average, name: str | None = None,
@@ -192,7 +205,7 @@ def reducescatter(x: Any, op: int = Average, name: str | None = None,
 def reducescatter_async(x: Any, op: int = Average, name: str | None = None,
                         timeout: float | None = None) -> Handle:
     comm, engine = _need("reducescatter_async")
-    return engine.submit(ops.prepare_reducescatter(comm, x, op, timeout), _label("reducescatter", name))
+    return _submit(engine, ops.prepare_reducescatter(comm, x, op, timeout), _label("reducescatter", name))
 
 
 def alltoall(x: Any, splits: Any = None, name: str | None = None,
@@ -206,7 +219,7 @@ def alltoall(x: Any, splits: Any = None, name: str | None = None,
 def alltoall_async(x: Any, splits: Any = None, name: str | None = None,
                    timeout: float | None = None) -> Handle:
     comm, engine = _need("alltoall_async")
-    return engine.submit(ops.prepare_alltoall(comm, x, splits, timeout), _label("alltoall", name))
+    return _submit(engine, ops.prepare_alltoall(comm, x, splits, timeout), _label("alltoall", name))
 
 
 # ---- MPI-style rooted collectives ------------------------------------------------------
@@ -221,7 +234,7 @@ def reduce(x: Any, root_rank: int = 0, op: int = Sum, out: Any = None,
 def reduce_async(x: Any, root_rank: int = 0, op: int = Sum, out: Any = None,
                  timeout: float | None = None) -> Handle:
     comm, engine = _need("reduce_async")
-    return engine.submit(ops.prepare_reduce(comm, x, root_rank, op, out, timeout), "reduce")
+    return _submit(engine, ops.prepare_reduce(comm, x, root_rank, op, out, timeout), "reduce")
 
 
 def gather(x: Any, root_rank: int = 0, timeout: float | None = None) -> np.ndarray | None:
@@ -232,7 +245,7 @@ def gather(x: Any, root_rank: int = 0, timeout: float | None = None) -> np.ndarr
 
 def gather_async(x: Any, root_rank: int = 0, timeout: float | None = None) -> Handle:
     comm, engine = _need("gather_async")
-    return engine.submit(ops.prepare_gather(comm, x, root_rank, timeout), "gather")
+    return _submit(engine, ops.prepare_gather(comm, x, root_rank, timeout), "gather")
 
 
 def scatter(x: Any, root_rank: int = 0, out: Any = None,
@@ -246,7 +259,7 @@ def scatter(x: Any, root_rank: int = 0, out: Any = None,
 def scatter_async(x: Any, root_rank: int = 0, out: Any = None,
                   timeout: float | None = None) -> Handle:
     comm, engine = _need("scatter_async")
-    return engine.submit(ops.prepare_scatter(comm, x, root_rank, out, timeout), "scatter")
+    return _submit(engine, ops.prepare_scatter(comm, x, root_rank, out, timeout), "scatter")
 
 
 def barrier(timeout: float | None = None) -> None:
@@ -256,7 +269,7 @@ def barrier(timeout: float | None = None) -> None:
 
 def barrier_async(timeout: float | None = None) -> Handle:
     comm, engine = _need("barrier_async")
-    return engine.submit(ops.prepare_barrier(comm, timeout), "barrier")
+    return _submit(engine, ops.prepare_barrier(comm, timeout), "barrier")
 
 
 # ---- point to point --------------------------------------------------------------------
@@ -270,7 +283,7 @@ def send(x: Any, dst: int, tag: int = 0, timeout: float | None = None) -> None:
 
 def send_async(x: Any, dst: int, tag: int = 0, timeout: float | None = None) -> Handle:
     comm, engine = _need("send_async")
-    return engine.submit(ops.prepare_send(comm, x, dst, tag, timeout), "send")
+    return _submit(engine, ops.prepare_send(comm, x, dst, tag, timeout), "send")
 
 
 def recv(out: Any, src: int, tag: int = 0, timeout: float | None = None) -> np.ndarray:
@@ -281,7 +294,7 @@ def recv(out: Any, src: int, tag: int = 0, timeout: float | None = None) -> np.n
 
 def recv_async(out: Any, src: int, tag: int = 0, timeout: float | None = None) -> Handle:
     comm, engine = _need("recv_async")
-    return engine.submit(ops.prepare_recv(comm, out, src, tag, timeout), "recv")
+    return _submit(engine, ops.prepare_recv(comm, out, src, tag, timeout), "recv")
 
 
 # ---- handles ---------------------------------------------------------------------------

@@ -3,6 +3,8 @@
  * Python (collx/transports) makes and authenticates the sockets, then hands each one to
  * add_tcp or add_shm. plan() validates a packed schedule once; execute() runs it with the
  * GIL released. Everything that can fail comes back through cx_py_raise. */
+#include <sched.h>
+
 #include "py_status.h"
 #include "cx_engine.h"
 #include "../transport/shm/cx_shm.h"
@@ -24,6 +26,9 @@ typedef struct {
     cx_comm *comm;
     cx_fast_entry fast[CX_FAST_SLOTS];
     double fast_timeout;     /* the communicator's default timeout (fast calls have no timeout=) */
+    int busy;                /* an execute is running (GIL released): one at a time per comm.
+                              * Set and cleared with the GIL held, so Python threads see it
+                              * atomically: the fast path backs off, the slow path waits. */
 } CommObject;
 
 static unsigned fast_slot(Py_ssize_t nbytes, int dtype, int redop)
@@ -164,12 +169,19 @@ static PyObject *Comm_execute(CommObject *self, PyObject *const *args, Py_ssize_
     call.out = out.buf;
     call.out_len = (size_t)out.len;
     cx_status st;
+    while (self->busy) {                         /* another thread's call: wait our turn */
+        Py_BEGIN_ALLOW_THREADS
+        sched_yield();
+        Py_END_ALLOW_THREADS
+    }
     if (p->nsteps <= 2 && !p->reduces && p->nsteps && p->steps[0].kind == CX_STEP_COPY) {
         st = cx_execute(self->comm, p, &call);   /* a local copy: no need to drop the GIL */
     } else {
+        self->busy = 1;
         Py_BEGIN_ALLOW_THREADS
         st = cx_execute(self->comm, p, &call);
         Py_END_ALLOW_THREADS
+        self->busy = 0;
     }
     if (in.obj)
         PyBuffer_Release(&in);
@@ -228,7 +240,7 @@ static int format_dtype(const char *f, Py_ssize_t itemsize)
  * that are C-contiguous, of one shape and dtype, non-overlapping (or identical) qualify. */
 static PyObject *Comm_allreduce_fast(CommObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 || !self->comm)
+    if (nargs != 3 || !self->comm || self->busy)
         Py_RETURN_NONE;
     int redop = (int)PyLong_AsLong(args[2]);
     if (redop == -1 && PyErr_Occurred()) {
@@ -262,9 +274,11 @@ static PyObject *Comm_allreduce_fast(CommObject *self, PyObject *const *args, Py
         PyObject *cap = e->capsule;             /* the plan must outlive a re-register */
         Py_INCREF(cap);
         cx_status st;
+        self->busy = 1;
         Py_BEGIN_ALLOW_THREADS
         st = cx_execute(self->comm, e->plan, &call);
         Py_END_ALLOW_THREADS
+        self->busy = 0;
         Py_DECREF(cap);
         if (st != CX_OK)
             ret = NULL, cx_py_raise(st);
