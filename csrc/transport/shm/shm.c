@@ -2,7 +2,8 @@
  *
  * The segment holds two one-way queues (lower->higher, higher->lower) of CX_SHM_SLOTS
  * slots. Message k of a direction uses slot k % SLOTS:
- *   - eager (nbytes <= eager): the sender copies the payload into the slot and publishes
+ *   - eager (nbytes <= eager): the sender copies the payload into the slot (into the
+ *     slot's own cache line when it fits in 32 bytes) and publishes
  *     slot.seq = k+1; its send is done at once. The receiver copies (or reduces) straight
  *     out of the slot.
  *   - large: the sender publishes only (address, nbytes); the receiver pulls the bytes out
@@ -43,8 +44,9 @@ typedef struct slot {
     uint64_t addr;         /* KIND_CMA: sender's address */
     uint32_t fingerprint;
     uint32_t kind;
-    char pad[32];
+    char inline_data[32];  /* eager payloads of <= 32 bytes: one cache line per message */
 } slot;
+_Static_assert(sizeof(slot) == 64, "a slot is one cache line");
 
 typedef struct ring {
     uint64_t tail;         /* messages consumed (written by the receiver) */
@@ -131,8 +133,11 @@ static cx_status progress_sends(shm_conn *s)
             sl->fingerprint = x->fingerprint;
             if (x->nbytes <= s->eager) {
                 sl->kind = KIND_EAGER;
-                if (x->nbytes)
-                    memcpy(s->out_payload + (k % CX_SHM_SLOTS) * s->eager, x->src, x->nbytes);
+                if (x->nbytes)      /* tiny payloads ride in the slot's own cache line */
+                    memcpy(x->nbytes <= sizeof sl->inline_data
+                               ? sl->inline_data
+                               : s->out_payload + (k % CX_SHM_SLOTS) * s->eager,
+                           x->src, x->nbytes);
                 x->done = 1;                    /* the buffer may be reused now */
             } else {
                 sl->kind = KIND_CMA;
@@ -226,7 +231,9 @@ static cx_status progress_recvs(shm_conn *s)
                             (unsigned long long)sl->nbytes, sl->fingerprint, s->base.self,
                             x->nbytes, x->fingerprint);
         if (sl->kind == KIND_EAGER) {
-            const char *p = s->in_payload + (k % CX_SHM_SLOTS) * s->eager;
+            const char *p = x->nbytes <= sizeof sl->inline_data
+                                ? sl->inline_data
+                                : s->in_payload + (k % CX_SHM_SLOTS) * s->eager;
             if (x->fn)
                 x->fn(x->dst, x->src, p, x->nbytes / x->itemsize);
             else if (x->nbytes)
