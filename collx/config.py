@@ -45,6 +45,8 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("COLLX_CHUNK_BYTES", int, 1 << 20, "pipelining chunk of ring schedules, bytes"),
     Knob("COLLX_PAIR_MAX_BYTES", int, 16384, "two-rank allreduces up to this size use the "
          "one-round pair exchange instead of the ring"),
+    Knob("COLLX_SPIN", int, None, "idle passes a waiting rank spins before yielding its core "
+         "(default: 4096, or 0 when this host runs more ranks than it has cores)"),
     Knob("COLLX_SHM_EAGER_BYTES", int, 16384, "messages up to this size are copied through "
          "the shared-memory queue; larger ones are read directly from the sender's memory"),
     Knob("COLLX_REDUCE_VARIANT", str, "auto", "scalar | avx2 | avx512 | auto: cap the "

@@ -145,4 +145,9 @@ def init_communicator(timeout: float | None = None) -> Communicator:
     comm.local_size = _override("COLLX_LOCAL_SIZE", ls)
     comm.cross_rank = _override("COLLX_CROSS_RANK", cr)
     comm.cross_size = _override("COLLX_CROSS_SIZE", cs)
+    spin = config.get("COLLX_SPIN")
+    if spin is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        spin = 0 if ls > (cores or 1) else 4096
+    comm.ccomm.set_spin(spin)
     return comm

@@ -290,6 +290,15 @@ static PyObject *Comm_allreduce_fast(CommObject *self, PyObject *const *args, Py
     return ret ? Py_NewRef(ret) : NULL;
 }
 
+static PyObject *Comm_set_spin(CommObject *self, PyObject *args)
+{
+    unsigned long spin;
+    if (!PyArg_ParseTuple(args, "k", &spin) || !live(self))
+        return NULL;
+    self->comm->spin = spin;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Comm_set_timeout(CommObject *self, PyObject *args)
 {
     if (!PyArg_ParseTuple(args, "d", &self->fast_timeout))
@@ -322,6 +331,8 @@ static PyMethodDef Comm_methods[] = {
     {"allreduce_fast", (PyCFunction)(void (*)(void))Comm_allreduce_fast, METH_FASTCALL,
      "allreduce_fast(x, out, redop) -> out, or None to take the Python path"},
     {"set_timeout", (PyCFunction)Comm_set_timeout, METH_VARARGS, "default timeout, seconds"},
+    {"set_spin", (PyCFunction)Comm_set_spin, METH_VARARGS,
+     "idle passes that pause before yielding the core"},
     {"broken", (PyCFunction)Comm_broken, METH_NOARGS, "True after a transport error"},
     {NULL, NULL, 0, NULL},
 };

@@ -51,6 +51,7 @@ cx_status cx_comm_create(int rank, int size, cx_comm **out)
     }
     c->rank = rank;
     c->size = size;
+    c->spin = 4096;
     *out = c;
     return CX_OK;
 }
@@ -164,7 +165,7 @@ static int first_waiting_peer(const cx_plan *p, const uint8_t *state)
 
 static cx_status idle_wait(cx_comm *c, unsigned long idle)
 {
-    if (idle < 4096) {
+    if (idle < c->spin) {
         cpu_relax();
         return CX_OK;
     }

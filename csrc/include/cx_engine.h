@@ -31,6 +31,8 @@ typedef struct cx_comm {
     int rank, size;
     cx_conn **conns;         /* [size]; NULL for self and for ranks not connected */
     int broken;              /* set after a transport error: every later call fails fast */
+    unsigned long spin;      /* idle passes that only pause before yielding the core (0 when
+                              * ranks outnumber cores: a spinning rank steals the peer's CPU) */
     char broken_msg[512];
     /* per-call state, grown on demand and reused */
     cx_xfer *xfers;
