@@ -62,13 +62,17 @@ def test_init_under_mpirun_without_mpi4py_uses_passed_store(tmp_path):
                              env=env, stdout=subprocess.PIPE, text=True, cwd=str(REPO))
     try:
         env["COLLX_STORE_ADDR"] = store.stdout.readline().strip()
-        code = ("import numpy as np, collx; collx.init(); "
+        # each rank reports through its own file: mpirun may interleave ranks' stdout
+        code = ("import numpy as np, collx, pathlib; collx.init(); "
                 "y = collx.allreduce(np.ones(5) * (collx.rank() + 1), op=collx.Sum); "
-                "assert (y == 3).all(), y; print('OK', collx.rank(), collx.size())")
+                "assert (y == 3).all(), y; "
+                f"pathlib.Path({str(tmp_path)!r}, f'rank{{collx.rank()}}').write_text("
+                "f'OK {collx.rank()} {collx.size()}')")
         res = _mpirun(2, ["-x", "COLLX_STORE_ADDR", "-x", "COLLX_SECRET", "-x", "PYTHONPATH",
                           sys.executable, "-c", code], env)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-        assert "OK 0 2" in res.stdout and "OK 1 2" in res.stdout
+        for r in range(2):
+            assert (tmp_path / f"rank{r}").read_text() == f"OK {r} 2", res.stdout
     finally:
         store.terminate()
         store.wait(timeout=10)
