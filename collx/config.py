@@ -45,6 +45,9 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("COLLX_CHUNK_BYTES", int, 1 << 20, "pipelining chunk of ring schedules, bytes"),
     Knob("COLLX_PAIR_MAX_BYTES", int, 16384, "two-rank allreduces up to this size use the "
          "one-round pair exchange instead of the ring"),
+    Knob("COLLX_ALGO", str, None, "force algorithms: one name (every op that has it; the "
+         "others keep their default) or 'op:name,op:name' (e.g. allreduce:ring,"
+         "broadcast:binomial); names as in collx.algos.registry.ALGORITHMS"),
     Knob("COLLX_SPIN", int, None, "idle passes a waiting rank spins before yielding its core "
          "(default: 4096, or 0 when this host runs more ranks than it has cores)"),
     Knob("COLLX_SHM_EAGER_BYTES", int, 16384, "messages up to this size are copied through "

@@ -25,9 +25,11 @@ from .binomial import (binomial_barrier, binomial_broadcast, binomial_gather, bi
                        binomial_scatter)
 from .common import check_chunk, check_count, check_counts, check_n, check_root, even_split
 from .ir import Schedule
+from .hd import hd_allreduce
 from .pair import pair_allreduce
 from .pairwise import pairwise_alltoall
 from .ring import ring_allgather, ring_allreduce, ring_reducescatter
+from .tree import tree_allreduce
 
 __all__ = ["ALGORITHMS", "DEFAULT", "OPS", "build_schedule", "even_split", "register"]
 
@@ -55,6 +57,9 @@ def register(op: str, name: str, fn: Builder, default: bool = False) -> None:
 register("allreduce", "ring",
          lambda n, count, chunk_count, **_: ring_allreduce(n, count, chunk_count))
 register("allreduce", "pair", lambda n, count, **_: pair_allreduce(n, count))
+register("allreduce", "tree",
+         lambda n, count, chunk_count, **_: tree_allreduce(n, count, chunk_count))
+register("allreduce", "hd", lambda n, count, **_: hd_allreduce(n, count))
 register("allgather", "ring",
          lambda n, counts, chunk_count, **_: ring_allgather(counts, chunk_count))
 register("reducescatter", "ring",

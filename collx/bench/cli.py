@@ -8,6 +8,8 @@ Run it under collxrun (every rank runs it, rank 0 prints)::
     collxrun -np 2 --no-prefix collx-bench all --json --out collx-shm.jsonl
     COLLX_TRANSPORT=tcp collxrun -np 2 --no-prefix collx-bench allreduce --json
     collxrun -np 2 collx-bench allreduce --sizes 256M --memory -n 3 -w 1
+    collxrun -np 3 collx-bench allreduce --algo ring          # force an algorithm
+    collxrun -np 4 collx-bench all --algo allreduce:ring,broadcast:binomial
 
 Timing is bench_common.measure of the peers (see collx/bench/measure.py) unless -n fixes
 the iteration count; --json lines follow bench_common.record's contract, so that
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Sequence, TextIO
 
@@ -51,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="calls timed one by one for p50/p99 (default: -n, else ~budget/3)")
     t.add_argument("--no-inplace", action="store_true",
                    help="skip the in-place variant of allreduce and broadcast")
+    p.add_argument("--algo", default=None, metavar="NAME|op:name,...",
+                   help="force algorithms for this run (sets COLLX_ALGO): one name for every "
+                        "op that has it, or op:name pairs; the 'algo' column shows what ran")
     d = p.add_argument_group("data")
     d.add_argument("-c", "--check", type=int, choices=(0, 1), default=1,
                    help="count wrong elements against numpy (default 1)")
@@ -86,13 +92,21 @@ def _ops(spec: str) -> list[str]:
     return ops
 
 
-def last_algo(comm: Any) -> str:
-    """Algorithm of the plan the communicator used last (its plan cache is an LRU ordered
-    dict; call right after the op under test)."""
+def last_algo(comm: Any, op: str | None = None, before: Any = ()) -> str:
+    """Algorithm of the plan the communicator built last (its plan cache is ordered by
+    build; call right after the op under test). With ``op``: the newest plan of that op,
+    preferring one not in ``before`` (the plan keys that existed before the case ran), so
+    that the bench's own helper collectives (barrier, allreduce of timings) don't count."""
     plans = getattr(comm, "_plans", None)
     if not plans:
         return "?"
-    return str(getattr(next(reversed(plans.values())), "algo", "?"))
+    if op is None:
+        return str(getattr(next(reversed(plans.values())), "algo", "?"))
+    mine = [(k, p) for k, p in reversed(plans.items()) if k and k[0] == op]
+    for k, p in mine:
+        if k not in before:
+            return str(getattr(p, "algo", "?"))
+    return str(getattr(mine[0][1], "algo", "?")) if mine else "?"
 
 
 class Bench:
@@ -143,6 +157,7 @@ class Bench:
         count = m.count_for(op, size, n, self.dtype.itemsize)
         nbytes = count * self.dtype.itemsize
         reducing = op in REDUCING
+        before = set(getattr(self.comm, "_plans", {}))
         case = make_case(op, count, self.dtype, a.op, a.root,
                          inplace=op in INPLACE_OPS and not a.no_inplace)
         extra: dict = {}
@@ -155,7 +170,7 @@ class Bench:
                          rss_method=how)
         wrong = self.allsum(case.check()) if a.check else None
         case.run()
-        algo = last_algo(self.comm)
+        algo = last_algo(self.comm, op, before)
         med, lo, hi, iters, nb = self.timed(case.run)
         calls = a.pct_calls or a.iters or m.pct_calls(med, a.budget)
         per_call = m.per_call_times(case.run, self.barrier, self.allmax, calls)
@@ -221,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if a.iters is not None and a.iters < 1 or a.warmup_iters < 0:
         parser.error("-n must be >= 1 and -w >= 0")
+    if a.algo is not None:
+        os.environ["COLLX_ALGO"] = a.algo     # read once, by collx.init() in Bench
     bench = Bench(a)
     if not 0 <= a.root < bench.n:
         parser.error(f"-r/--root {a.root} is not a rank (0..{bench.n - 1})")

@@ -15,7 +15,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import _C
-from ..algos.registry import build_schedule, even_split
+from ..algos.ir import Schedule
+from ..algos.registry import DEFAULT, build_schedule, even_split
 from ..errors import InvalidUsage, MismatchError
 from .buffers import BYTE_CODE, as_array, check_out, dtype_code, reduce_code
 from .communicator import Communicator
@@ -76,6 +77,42 @@ def _signature(arr: np.ndarray) -> int:
     return zlib.crc32(f"{arr.dtype.str}|{arr.shape[1:]}".encode()) & 0x7FFFFFFF
 
 
+# ---------------------------------------------------------------- algorithm choice --------
+
+def _choose(comm: Communicator, op: str, default: str | None = None) -> str:
+    """Algorithm of ``op``'s main plan: the one COLLX_ALGO forces (comm.forced_algo, parsed
+    once at init), else ``default`` (None: the registry's DEFAULT[op]). One dict lookup; the
+    name goes into the plan key so different algorithms never share a cached plan."""
+    return comm.forced_algo.get(op) or default or DEFAULT[op]
+
+
+def _build(comm: Communicator, op: str, algo: str, **kw: Any) -> Schedule:
+    """build_schedule, except that a forced algorithm refusing this case (its builder raises
+    ValueError, e.g. pair with 3 ranks) is InvalidUsage naming the algorithm and the knob."""
+    try:
+        return build_schedule(op, comm.size, algo=algo, **kw)
+    except InvalidUsage:
+        raise
+    except ValueError as exc:
+        if comm.forced_algo.get(op) != algo:
+            raise
+        raise InvalidUsage(f"collx.{op}: algorithm {algo} (forced by COLLX_ALGO) does not "
+                           f"support {exc}") from None
+
+
+def _precheck(comm: Communicator, op: str, algo: str, root: int = 0) -> None:
+    """For ops whose main plan is built inside the job (after the metadata exchange that
+    agrees on the sizes): if ``algo`` is forced, build it once for this world size, root and
+    dummy sizes now, so that an algorithm that cannot serve this job at all is refused
+    before anything is sent. (A forced algorithm refusing only particular sizes still
+    raises inside the job, on every rank alike, after the metadata exchange.)"""
+    if op not in comm.forced_algo or (op, algo, root) in comm.forced_ok:
+        return
+    n = comm.size
+    _build(comm, op, algo, counts=[1] * n, send_counts=[[1] * n for _ in range(n)], root=root)
+    comm.forced_ok.add((op, algo, root))
+
+
 # ---------------------------------------------------------------- allreduce ---------------
 
 def prepare_allreduce(comm: Communicator, x: Any, op: int, out: Any, timeout: float | None,
@@ -88,10 +125,11 @@ def prepare_allreduce(comm: Communicator, x: Any, op: int, out: Any, timeout: fl
     count = arr.size
     # Until topology-driven selection (collx/topo) exists: two ranks and a latency-bound size
     # take the one-round pair exchange, everything else the pipelined ring.
-    algo = "pair" if comm.size == 2 and arr.nbytes <= comm.pair_max_bytes else "ring"
+    algo = _choose(comm, "allreduce",
+                   "pair" if comm.size == 2 and arr.nbytes <= comm.pair_max_bytes else "ring")
     plan = comm.plan(("allreduce", count, algo), arr.itemsize,
-                     lambda: build_schedule("allreduce", comm.size, count=count, algo=algo,
-                                            chunk_count=comm.chunk_count(arr.itemsize)))
+                     lambda: _build(comm, "allreduce", algo, count=count,
+                                    chunk_count=comm.chunk_count(arr.itemsize)))
 
     if out is not None:
         comm.register_fast(plan, arr.nbytes, code, op)
@@ -112,9 +150,10 @@ def prepare_broadcast(comm: Communicator, x: Any, root: int, out: Any, timeout: 
     res = check_out(out, name, arr.shape, arr.dtype)
     code, isz = _move_code(arr)
     count = _elems(arr, isz)
-    plan = comm.plan(("broadcast", count, root), isz,
-                     lambda: build_schedule("broadcast", comm.size, count=count, root=root,
-                                            chunk_count=comm.chunk_count(isz)))
+    algo = _choose(comm, "broadcast")
+    plan = comm.plan(("broadcast", count, root, algo), isz,
+                     lambda: _build(comm, "broadcast", algo, count=count, root=root,
+                                    chunk_count=comm.chunk_count(isz)))
     src = arr if comm.rank == root else None
 
     def job() -> np.ndarray:
@@ -130,6 +169,7 @@ def _exchange_rows(comm: Communicator, arr: np.ndarray, timeout: float | None, n
     """Agree on every rank's first dimension (and check dtype/trailing shape agree)."""
     mine = np.array([arr.shape[0] if arr.ndim else 1, _signature(arr)], dtype=np.int64)
     table = np.empty(2 * comm.size, dtype=np.int64)
+    # internal metadata plan: never forced by COLLX_ALGO (registry default)
     plan = comm.plan(("allgather-meta", 2), 8,
                      lambda: build_schedule("allgather", comm.size, counts=[2] * comm.size))
     comm.execute(plan, mine, table, _C.INT64, _C.SUM, timeout)
@@ -160,6 +200,8 @@ def prepare_allgather(comm: Communicator, x: Any, out: Any, timeout: float | Non
             raise InvalidUsage(f"collx.{name}: out has shape {given.shape} and dtype "
                                f"{given.dtype}; this call needs shape (sum of every rank's "
                                f"rows,) + {arr.shape[1:]} and dtype {arr.dtype}")
+    algo = _choose(comm, "allgather")
+    _precheck(comm, "allgather", algo)
 
     def job() -> np.ndarray:
         rows = _exchange_rows(comm, arr, timeout, name) if comm.size > 1 else [arr.shape[0]]
@@ -167,9 +209,11 @@ def prepare_allgather(comm: Communicator, x: Any, out: Any, timeout: float | Non
         bad_rows = given is not None and given.shape != shape
         res = given if given is not None and not bad_rows else np.empty(shape, arr.dtype)
         counts = [r * row for r in rows]
-        plan = comm.plan(("allgather", tuple(counts)), isz,
-                         lambda: build_schedule("allgather", comm.size, counts=counts,
-                                                chunk_count=comm.chunk_count(isz)))
+        # built after the metadata exchange: a forced algorithm refusing these sizes raises
+        # InvalidUsage here, inside the job (on every rank alike); see _precheck
+        plan = comm.plan(("allgather", tuple(counts), algo), isz,
+                         lambda: _build(comm, "allgather", algo, counts=counts,
+                                        chunk_count=comm.chunk_count(isz)))
         comm.execute(plan, arr, res, code, _C.SUM, timeout)
         if bad_rows:
             raise InvalidUsage(f"collx.{name}: out has shape {given.shape}, but the ranks' "
@@ -188,13 +232,16 @@ def prepare_gather(comm: Communicator, x: Any, root: int, timeout: float | None,
     root = _check_root(comm, root, name)
     code, isz = _move_code(arr)
     row = _row_elems(arr) * arr.itemsize // isz
+    algo = _choose(comm, "gather")
+    _precheck(comm, "gather", algo, root)
 
     def job() -> np.ndarray | None:
         rows = _exchange_rows(comm, arr, timeout, name) if comm.size > 1 else [arr.shape[0]]
         counts = [r * row for r in rows]
         res = np.empty((sum(rows),) + arr.shape[1:], arr.dtype) if comm.rank == root else None
-        plan = comm.plan(("gather", tuple(counts), root), isz,
-                         lambda: build_schedule("gather", comm.size, counts=counts, root=root))
+        # built inside the job (after the metadata exchange); see _precheck
+        plan = comm.plan(("gather", tuple(counts), root, algo), isz,
+                         lambda: _build(comm, "gather", algo, counts=counts, root=root))
         comm.execute(plan, arr, res, code, _C.SUM, timeout)
         return res
     return job
@@ -214,9 +261,10 @@ def prepare_reducescatter(comm: Communicator, x: Any, op: int, timeout: float | 
     row = _row_elems(arr)
     counts = [r * row for r in rows]
     res = np.empty((rows[comm.rank],) + arr.shape[1:], arr.dtype)
-    plan = comm.plan(("reducescatter", tuple(counts)), arr.itemsize,
-                     lambda: build_schedule("reducescatter", comm.size, counts=counts,
-                                            chunk_count=comm.chunk_count(arr.itemsize)))
+    algo = _choose(comm, "reducescatter")
+    plan = comm.plan(("reducescatter", tuple(counts), algo), arr.itemsize,
+                     lambda: _build(comm, "reducescatter", algo, counts=counts,
+                                    chunk_count=comm.chunk_count(arr.itemsize)))
 
     def job() -> np.ndarray:
         comm.execute(plan, arr, res, code, op, timeout)
@@ -233,8 +281,9 @@ def prepare_reduce(comm: Communicator, x: Any, root: int, op: int, out: Any,
     code = reduce_code(arr, name)
     res = check_out(out, name, arr.shape, arr.dtype) if comm.rank == root else None
     count = arr.size
-    plan = comm.plan(("reduce", count, root), arr.itemsize,
-                     lambda: build_schedule("reduce", comm.size, count=count, root=root))
+    algo = _choose(comm, "reduce")
+    plan = comm.plan(("reduce", count, root, algo), arr.itemsize,
+                     lambda: _build(comm, "reduce", algo, count=count, root=root))
 
     def job() -> np.ndarray | None:
         comm.execute(plan, arr, res, code, op, timeout)
@@ -258,8 +307,9 @@ def prepare_scatter(comm: Communicator, x: Any, root: int, out: Any, timeout: fl
     row = _row_elems(arr) * arr.itemsize // isz
     counts = [r * row for r in rows]
     res = check_out(out, name, (rows[comm.rank],) + arr.shape[1:], arr.dtype)
-    plan = comm.plan(("scatter", tuple(counts), root), isz,
-                     lambda: build_schedule("scatter", comm.size, counts=counts, root=root))
+    algo = _choose(comm, "scatter")
+    plan = comm.plan(("scatter", tuple(counts), root, algo), isz,
+                     lambda: _build(comm, "scatter", algo, counts=counts, root=root))
     src = arr if comm.rank == root else None
 
     def job() -> np.ndarray:
@@ -289,6 +339,8 @@ def prepare_alltoall(comm: Communicator, x: Any, splits: Any, timeout: float | N
                                f"counts adding up to the first dimension {arr.shape[0]}")
     code, isz = _move_code(arr)
     row = _row_elems(arr) * arr.itemsize // isz
+    algo = _choose(comm, "alltoall", "pairwise_direct")
+    _precheck(comm, "alltoall", algo)
 
     def job() -> Any:
         if n > 1:
@@ -297,6 +349,7 @@ def prepare_alltoall(comm: Communicator, x: Any, splits: Any, timeout: float | N
             send = np.empty(2 * n, np.int64)
             send[0::2], send[1::2] = mine[:n], mine[n:]
             recv = np.empty(2 * n, np.int64)
+            # internal metadata plan: never forced by COLLX_ALGO
             meta = comm.plan(("alltoall-meta",), 8, lambda: build_schedule(
                 "alltoall", n, send_counts=[[2] * n for _ in range(n)], algo="pairwise_direct"))
             comm.execute(meta, send, recv, _C.INT64, _C.SUM, timeout)
@@ -313,14 +366,15 @@ def prepare_alltoall(comm: Communicator, x: Any, splits: Any, timeout: float | N
         matrix[comm.rank] = [r * row for r in send_rows]
         for src in range(n):
             matrix[src][comm.rank] = recv_rows[src] * row
-        key = ("alltoall", tuple(matrix[comm.rank]), tuple(recv_rows))
-        # the output is always a fresh array: the out-of-place variant needs no detours
-        plan = comm.plan(key, isz, lambda: build_schedule("alltoall", n, send_counts=matrix,
-                                                          algo="pairwise_direct"))
+        key = ("alltoall", tuple(matrix[comm.rank]), tuple(recv_rows), algo)
+        # the output is always a fresh array: the out-of-place variant (pairwise_direct, the
+        # default) needs no detours. Built inside the job, after the metadata exchange; see
+        # _precheck for a forced algorithm.
+        plan = comm.plan(key, isz, lambda: _build(comm, "alltoall", algo, send_counts=matrix))
         # The key holds this rank's row and column of the matrix, which differ across ranks
         # when splits do; the fingerprint every message carries must not (each message's
         # size is checked on its own), so derive it from what all ranks share.
-        plan.fingerprint = zlib.crc32(f"alltoall|{n}|{isz}".encode())
+        plan.fingerprint = zlib.crc32(f"alltoall|{n}|{isz}|{algo}".encode())
         comm.execute(plan, arr, res, code, _C.SUM, timeout)
         if splits is None:
             return res
@@ -332,7 +386,8 @@ def prepare_alltoall(comm: Communicator, x: Any, splits: Any, timeout: float | N
 
 def prepare_barrier(comm: Communicator, timeout: float | None) -> Job:
     timeout = _check_timeout(timeout, "barrier")
-    plan = comm.plan(("barrier",), 1, lambda: build_schedule("barrier", comm.size))
+    algo = _choose(comm, "barrier")
+    plan = comm.plan(("barrier", algo), 1, lambda: _build(comm, "barrier", algo))
 
     def job() -> None:
         comm.execute(plan, None, None, _C.UINT8, _C.SUM, timeout)
