@@ -1,0 +1,20 @@
+"""Every allreduce algorithm, forced with COLLX_ALGO, on real processes over shm and tcp:
+the schedules the simulator proves must also hold on the real executor and transports."""
+import pytest
+
+from tests.mp.launch import assert_all_ok, clean_env, collxrun
+
+pytestmark = pytest.mark.timeout(120)
+
+CASES = [("ring", 3, "shm"), ("pair", 2, "shm"), ("pair", 2, "tcp"), ("tree", 2, "shm"),
+         ("tree", 5, "shm"), ("tree", 3, "tcp"), ("hd", 2, "shm"), ("hd", 5, "shm"),
+         ("hd", 3, "tcp"), ("hd", 4, "shm")]
+
+
+@pytest.mark.parametrize("algo,np_,transport", CASES)
+def test_forced_allreduce_algorithm_is_exact(algo, np_, transport):
+    env = clean_env(COLLX_ALGO=f"allreduce:{algo}",
+                    **({"COLLX_TRANSPORT": "tcp"} if transport == "tcp" else {}))
+    job = collxrun(np_, "forced_allreduce_worker.py", env=env, timeout=100)
+    finals = assert_all_ok(job, np_)
+    assert all(line.split()[-1] == algo for line in finals.values()), finals
