@@ -1,4 +1,5 @@
-"""Every allreduce algorithm, forced with COLLX_ALGO, on real processes over shm and tcp:
+"""Every allreduce algorithm (hier/hier_leader with their default host groups of two
+consecutive ranks), forced with COLLX_ALGO, on real processes over shm and tcp:
 the schedules the simulator proves must also hold on the real executor and transports."""
 import pytest
 
@@ -8,7 +9,8 @@ pytestmark = pytest.mark.timeout(120)
 
 CASES = [("ring", 3, "shm"), ("pair", 2, "shm"), ("pair", 2, "tcp"), ("tree", 2, "shm"),
          ("tree", 5, "shm"), ("tree", 3, "tcp"), ("hd", 2, "shm"), ("hd", 5, "shm"),
-         ("hd", 3, "tcp"), ("hd", 4, "shm")]
+         ("hd", 3, "tcp"), ("hd", 4, "shm"), ("dbtree", 3, "shm"), ("dbtree", 5, "shm"),
+         ("dbtree", 3, "tcp"), ("hier", 4, "shm"), ("hier", 4, "tcp"), ("hier_leader", 5, "shm")]
 
 
 @pytest.mark.parametrize("algo,np_,transport", CASES)

@@ -111,3 +111,25 @@ def build_schedule(op: str, world_size: int, *, count: int = 0,
                        for i, row in enumerate(send_counts)]
     return fn(n, count=count, counts=counts, send_counts=send_counts, root=root,
               chunk_count=chunk_count)
+
+
+# hierarchical allreduce: builders get only n, so hosts are assumed to be consecutive ranks,
+# hier.DEFAULT_HOST_SIZE per host; callers that know the topology call
+# hier_allreduce(groups, ...) / hier_leader_allreduce(groups, ...) directly.
+from .hier import default_groups as _hier_groups  # noqa: E402
+from .hier import hier_allreduce, hier_leader_allreduce  # noqa: E402
+
+register("allreduce", "hier",
+         lambda n, count, chunk_count, **_: hier_allreduce(_hier_groups(n), count, chunk_count))
+register("allreduce", "hier_leader",
+         lambda n, count, chunk_count, **_: hier_leader_allreduce(_hier_groups(n), count,
+                                                                  chunk_count))
+
+from .dbtree import dbtree_allreduce, dbtree_broadcast, dbtree_reduce  # noqa: E402
+
+register("allreduce", "dbtree",
+         lambda n, count, chunk_count, **_: dbtree_allreduce(n, count, chunk_count))
+register("broadcast", "dbtree",
+         lambda n, count, root, chunk_count, **_: dbtree_broadcast(n, count, root, chunk_count))
+register("reduce", "dbtree",
+         lambda n, count, root, chunk_count, **_: dbtree_reduce(n, count, root, chunk_count))
