@@ -10,7 +10,8 @@ pytestmark = pytest.mark.timeout(120)
 CASES = [("ring", 3, "shm"), ("pair", 2, "shm"), ("pair", 2, "tcp"), ("tree", 2, "shm"),
          ("tree", 5, "shm"), ("tree", 3, "tcp"), ("hd", 2, "shm"), ("hd", 5, "shm"),
          ("hd", 3, "tcp"), ("hd", 4, "shm"), ("dbtree", 3, "shm"), ("dbtree", 5, "shm"),
-         ("dbtree", 3, "tcp"), ("hier", 4, "shm"), ("hier", 4, "tcp"), ("hier_leader", 5, "shm")]
+         ("dbtree", 3, "tcp"), ("hier", 4, "shm"), ("hier", 4, "tcp"), ("hier_leader", 5, "shm"),
+         ("star", 3, "shm"), ("star", 4, "tcp")]
 
 
 @pytest.mark.parametrize("algo,np_,transport", CASES)

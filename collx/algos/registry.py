@@ -133,3 +133,7 @@ register("broadcast", "dbtree",
          lambda n, count, root, chunk_count, **_: dbtree_broadcast(n, count, root, chunk_count))
 register("reduce", "dbtree",
          lambda n, count, root, chunk_count, **_: dbtree_reduce(n, count, root, chunk_count))
+
+from .star import star_allreduce  # noqa: E402
+
+register("allreduce", "star", lambda n, count, **_: star_allreduce(n, count))
