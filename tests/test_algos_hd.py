@@ -3,62 +3,24 @@ on the simulator against numpy references on every rank, out of place and in pla
 ranks bitwise identical on non-integer floats; fewer rounds than the ring."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from collx.algos.hd import hd_allreduce
 from collx.algos.ir import Buf, Kind
 from collx.algos.registry import ALGORITHMS, DEFAULT, build_schedule
 from collx.algos.ring import ring_allreduce
-from collx.algos.simulator import check_hazards, cost, simulate
+from collx.algos.simulator import cost
+
+from algo_support import WORLD, check_allreduce, counts_for
 
 pytestmark = pytest.mark.timeout(60)
-
-WORLD = [1, 2, 3, 4, 5, 7, 8, 11, 13, 16, 24, 32]
-REFS = {"sum": np.sum, "max": np.max, "prod": np.prod}
-DTYPES = {"sum": np.float32, "max": np.int64, "prod": np.float64}
-
-
-def counts_for(n: int) -> list[int]:
-    return sorted({0, 1, max(n - 1, 0), 7, 1000, 1009})
-
-
-def make_inputs(n, count, op, seed):
-    rng = np.random.default_rng(seed)
-    lo, hi = ((-1, 3) if op == "prod" else (-50, 51))
-    xs = []
-    for _ in range(n):
-        x = rng.integers(lo, hi, size=count).astype(DTYPES[op])
-        if op == "prod":
-            x[x == 0] = 1          # values in {-1, 1, 2}: products stay exact
-        xs.append(x)
-    return xs
 
 
 @pytest.mark.parametrize("n,count", [(n, c) for n in WORLD for c in counts_for(n)])
 def test_hd_allreduce(n, count):
     s = build_schedule("allreduce", n, count=count, algo="hd")
-    assert s.algo == "hd"
-    assert s.in_counts == [count] * n and s.out_counts == [count] * n
-    assert s.scratch_counts == [0] * n
-    check_hazards(s, in_place=False)
-    check_hazards(s, in_place=True)
-    for op in REFS:
-        xs = make_inputs(n, count, op, seed=n * 1000 + count)
-        ref = REFS[op](np.stack(xs), axis=0).astype(DTYPES[op])
-        for ip in (False, True):
-            for seed in (0, 1):
-                outs = simulate(s, xs, op=op, in_place=ip, seed=count + seed)
-                for r in range(n):
-                    np.testing.assert_array_equal(outs[r], ref,
-                                                  err_msg=f"rank {r} {op} ip {ip}")
-    # non-integer floats: each block is reduced by one rank and copied to the others
-    rng = np.random.default_rng(n + count)
-    xs = [rng.random(count, dtype=np.float32) for _ in range(n)]
-    for ip in (False, True):
-        outs = simulate(s, xs, op="sum", in_place=ip, seed=3 + ip)
-        for r in range(1, n):
-            assert outs[r].tobytes() == outs[0].tobytes(), f"rank {r} ip {ip}"
+    assert s.algo == "hd" and s.scratch_counts == [0] * n
+    check_allreduce(s, n, count, sim_seeds=(0, 1))
 
 
 def test_registered_not_default():
