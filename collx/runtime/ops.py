@@ -44,6 +44,14 @@ def _check_timeout(timeout: Any, name: str) -> float | None:
     return float(timeout)
 
 
+def _splittable(x: Any, name: str) -> np.ndarray:
+    """The input of a collective that splits dimension 0 across ranks."""
+    arr = as_array(x, name)
+    if arr.ndim == 0:
+        raise InvalidUsage(f"collx.{name}: needs at least one dimension to split across ranks")
+    return arr
+
+
 def _check_root(comm: Communicator, root: int, name: str) -> int:
     if not isinstance(root, (int, np.integer)) or not 0 <= root < comm.size:
         raise InvalidUsage(f"collx.{name}: root_rank={root!r} is not a rank of this job "
@@ -252,9 +260,7 @@ def prepare_gather(comm: Communicator, x: Any, root: int, timeout: float | None,
 def prepare_reducescatter(comm: Communicator, x: Any, op: int, timeout: float | None,
                           name: str = "reducescatter") -> Job:
     timeout = _check_timeout(timeout, name)
-    arr = as_array(x, name)
-    if arr.ndim == 0:
-        raise InvalidUsage(f"collx.{name}: needs at least one dimension to split across ranks")
+    arr = _splittable(x, name)
     _check_op(op, name)
     code = reduce_code(arr, name)
     rows = even_split(arr.shape[0], comm.size)
@@ -298,9 +304,7 @@ def prepare_scatter(comm: Communicator, x: Any, root: int, out: Any, timeout: fl
     """Root splits x's first dimension as evenly as possible (first ranks get one more row);
     every rank passes an array of the same shape and dtype (non-roots' values are unused)."""
     timeout = _check_timeout(timeout, name)
-    arr = as_array(x, name)
-    if arr.ndim == 0:
-        raise InvalidUsage(f"collx.{name}: needs at least one dimension to split across ranks")
+    arr = _splittable(x, name)
     root = _check_root(comm, root, name)
     code, isz = _move_code(arr)
     rows = even_split(arr.shape[0], comm.size)
@@ -323,9 +327,7 @@ def prepare_scatter(comm: Communicator, x: Any, root: int, out: Any, timeout: fl
 def prepare_alltoall(comm: Communicator, x: Any, splits: Any, timeout: float | None,
                      name: str = "alltoall") -> Job:
     timeout = _check_timeout(timeout, name)
-    arr = as_array(x, name)
-    if arr.ndim == 0:
-        raise InvalidUsage(f"collx.{name}: needs at least one dimension to split across ranks")
+    arr = _splittable(x, name)
     n = comm.size
     if splits is None:
         if arr.shape[0] % n:
