@@ -18,6 +18,7 @@ from .runtime import ops
 from .runtime.bootstrap import init_communicator
 from .runtime.communicator import Communicator
 from .runtime.engine import Engine, Handle
+from .runtime.servers import stop_servers
 
 Sum: int = _C.SUM
 Average: int = _C.AVERAGE
@@ -58,6 +59,8 @@ def shutdown() -> None:
         engine.drain(timeout=comm.timeout)
         if comm.size > 1 and not comm.ccomm.broken():
             engine.run(ops.prepare_barrier(comm, min(comm.timeout, 30.0)), "barrier")
+        if comm.servers and not comm.ccomm.broken():
+            stop_servers(comm, min(comm.timeout, 30.0))    # after the barrier: all done
     except Exception:  # noqa: BLE001 - best effort: we are leaving anyway
         pass
     finally:

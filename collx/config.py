@@ -33,6 +33,10 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("COLLX_STORE_ADDR", str, None, "host:port of the rendezvous store (launcher sets it)"),
     Knob("COLLX_SECRET", str, None, "job secret; every store and data connection proves it "
          "holds it (HMAC challenge) before anything else is exchanged"),
+    Knob("COLLX_SERVERS", int, 0, "number of dedicated summation server processes in the "
+         "job (collxrun --servers sets it for ranks and servers; 0: none)"),
+    Knob("COLLX_SERVER_INDEX", int, None, "this server's index 0..COLLX_SERVERS-1 (set by the "
+         "launcher for server processes only; ranks have COLLX_RANK instead)"),
     # behaviour
     Knob("COLLX_TIMEOUT", float, 300.0, "seconds any blocking call may take before "
          "CollxTimeout (per call: timeout=)"),

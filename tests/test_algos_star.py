@@ -53,3 +53,62 @@ def test_cost(n, count):
     assert abs(c["total_bytes"] - 2 * (n - 1) * count * 4) <= 4 * 2 * n * n
     if count % n == 0:
         assert c["bytes_sent"] == ring["bytes_sent"] == [2 * (n - 1) * count // n * 4] * n
+
+
+# ---------------------------------------------------------------- dedicated servers --------
+
+from collx.algos.simulator import check_hazards, simulate  # noqa: E402
+from collx.algos.star import star_servers_allreduce  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from algo_support import DTYPES, REFS, make_inputs  # noqa: E402
+
+
+def _check_served(w: int, k: int, count: int, chunk: int) -> None:
+    s = build_schedule("allreduce", w, count=count, chunk_count=chunk, algo="star", servers=k)
+    assert s.world_size == w + k and s.in_counts == [count] * w + [0] * k
+    assert s.out_counts == [count] * w + [0] * k          # servers hold no user buffer
+    assert sum(s.scratch_counts[w:]) == count
+    check_hazards(s, in_place=False)
+    check_hazards(s, in_place=True)
+    for op in REFS:
+        xs = make_inputs(w, count, op, seed=w * 100 + k * 10 + count)
+        ref = REFS[op](np.stack(xs), axis=0).astype(DTYPES[op])
+        for ip in (False, True):
+            outs = simulate(s, xs + [None] * k, op=op, in_place=ip, seed=count + ip)
+            for r in range(w):
+                np.testing.assert_array_equal(outs[r], ref, err_msg=f"worker {r} {op} ip {ip}")
+    rng = np.random.default_rng(count)
+    xs = [rng.random(count, dtype=np.float32) for _ in range(w)]
+    outs = simulate(s, xs + [None] * k, op="sum", seed=5)
+    np.testing.assert_allclose(outs[0], np.sum(np.stack(xs), axis=0), rtol=1e-5)
+    assert all(outs[r].tobytes() == outs[0].tobytes() for r in range(w))
+
+
+@pytest.mark.parametrize("w", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_star_servers(w, k):
+    for count in sorted({0, 1, k - 1, 7, 1009}):
+        for chunk in (0, 3, 256):
+            _check_served(w, k, count, chunk)
+
+
+def test_star_servers_bytes_per_worker():
+    """Every worker sends S and receives S; each server moves W S / K each way."""
+    w, k, count = 4, 4, 4096
+    s = star_servers_allreduce(w, k, count, 256)
+    for r in range(w):
+        assert sum(st.count for st in s.steps[r] if st.kind == Kind.SEND) == count
+        assert sum(st.count for st in s.steps[r] if st.kind == Kind.RECV) == count
+    for r in range(w, w + k):
+        assert sum(st.count for st in s.steps[r] if st.kind == Kind.SEND) == w * count // k
+    ring = ring_allreduce(w, count, 256)
+    assert sum(st.count for st in ring.steps[0] if st.kind == Kind.SEND) == 3 * count // 2
+
+
+def test_star_servers_bad_args():
+    with pytest.raises(ValueError):
+        star_servers_allreduce(2, 0, 4)
+    with pytest.raises(ValueError):
+        build_schedule("allreduce", 2, count=4, algo="star", servers=-1)

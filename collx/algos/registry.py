@@ -1,7 +1,10 @@
 """One entry point from (op, sizes, root, algorithm name) to a Schedule.
 
 ``ALGORITHMS[op][name]`` holds a builder taking the uniform keyword arguments of
-``build_schedule`` (``n, count, counts, send_counts, root, chunk_count``); a new algorithm
+``build_schedule`` (``n, count, counts, send_counts, root, chunk_count, groups, servers``);
+builders ignore the ones they do not use (``**_``). ``groups`` is the host partition (a list
+of rank lists, None: unknown) for hierarchical algorithms; ``servers`` is the number of
+dedicated summation servers of the job (ranks n .. n + servers - 1 of the schedule); a new algorithm
 registers one more name with ``register``. ``DEFAULT[op]`` is the name used when ``algo`` is
 None (collx/topo's selection passes a name explicitly). Nothing is cached here: the runtime
 caches schedules per (op, sizes, root, algorithm).
@@ -46,7 +49,7 @@ OPS = _BY_COUNT + _BY_COUNTS + ("alltoall", "barrier")
 
 def register(op: str, name: str, fn: Builder, default: bool = False) -> None:
     """Add algorithm ``name`` for ``op``; ``fn(n, *, count, counts, send_counts, root,
-    chunk_count) -> Schedule`` receives already validated arguments."""
+    chunk_count, groups, servers) -> Schedule`` receives already validated arguments."""
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; ops are {', '.join(OPS)}")
     ALGORITHMS.setdefault(op, {})[name] = fn
@@ -81,11 +84,16 @@ register("barrier", "binomial", lambda n, **_: binomial_barrier(n))
 def build_schedule(op: str, world_size: int, *, count: int = 0,
                    counts: Optional[Sequence[int]] = None,
                    send_counts: Optional[Sequence[Sequence[int]]] = None, root: int = 0,
-                   chunk_count: int = 0, algo: Optional[str] = None) -> Schedule:
+                   chunk_count: int = 0, algo: Optional[str] = None,
+                   groups: Optional[Sequence[Sequence[int]]] = None,
+                   servers: int = 0) -> Schedule:
     """Build the schedule of ``op`` for ``world_size`` ranks with algorithm ``algo`` (None:
     ``DEFAULT[op]``). Sizes: ``count`` for allreduce/broadcast/reduce, ``counts`` (one entry
     per rank) for allgather/reducescatter/gather/scatter, ``send_counts`` (n x n) for
-    alltoall. Raises ValueError naming the bad argument."""
+    alltoall. ``groups``: the ranks of each host (None: unknown; hierarchical algorithms then
+    assume hosts of consecutive ranks). ``servers``: dedicated summation servers in the job
+    (only ``star`` uses them; its schedule then has world_size + servers ranks). Raises
+    ValueError naming the bad argument."""
     if op not in ALGORITHMS:
         raise ValueError(f"unknown op {op!r}; ops are {', '.join(OPS)}")
     n = check_n(world_size)
@@ -109,8 +117,22 @@ def build_schedule(op: str, world_size: int, *, count: int = 0,
             raise ValueError(f"send_counts has {len(send_counts)} rows for world size {n}")
         send_counts = [check_counts(row, n, what=f"send_counts[{i}]")
                        for i, row in enumerate(send_counts)]
+    if groups is not None:
+        groups = check_groups(groups, n)
+    if isinstance(servers, bool) or not isinstance(servers, int) or servers < 0:
+        raise ValueError(f"servers={servers!r} must be a non-negative int")
     return fn(n, count=count, counts=counts, send_counts=send_counts, root=root,
-              chunk_count=chunk_count)
+              chunk_count=chunk_count, groups=groups, servers=servers)
+
+
+def check_groups(groups: Sequence[Sequence[int]], n: int) -> list[list[int]]:
+    """A host partition of ranks 0..n-1: non-empty lists, every rank exactly once."""
+    out = [[int(r) for r in g] for g in groups]
+    flat = sorted(r for g in out for r in g)
+    if any(not g for g in out) or flat != list(range(n)):
+        raise ValueError(f"groups={groups!r} must partition ranks 0..{n - 1} into non-empty "
+                         "host groups, each rank exactly once")
+    return out
 
 
 # hierarchical allreduce: builders get only n, so hosts are assumed to be consecutive ranks,
@@ -120,10 +142,11 @@ from .hier import default_groups as _hier_groups  # noqa: E402
 from .hier import hier_allreduce, hier_leader_allreduce  # noqa: E402
 
 register("allreduce", "hier",
-         lambda n, count, chunk_count, **_: hier_allreduce(_hier_groups(n), count, chunk_count))
+         lambda n, count, chunk_count, groups=None, **_:
+         hier_allreduce(groups or _hier_groups(n), count, chunk_count))
 register("allreduce", "hier_leader",
-         lambda n, count, chunk_count, **_: hier_leader_allreduce(_hier_groups(n), count,
-                                                                  chunk_count))
+         lambda n, count, chunk_count, groups=None, **_:
+         hier_leader_allreduce(groups or _hier_groups(n), count, chunk_count))
 
 from .dbtree import dbtree_allreduce, dbtree_broadcast, dbtree_reduce  # noqa: E402
 
@@ -134,6 +157,11 @@ register("broadcast", "dbtree",
 register("reduce", "dbtree",
          lambda n, count, root, chunk_count, **_: dbtree_reduce(n, count, root, chunk_count))
 
-from .star import star_allreduce  # noqa: E402
+from .star import star_allreduce, star_servers_allreduce  # noqa: E402
 
-register("allreduce", "star", lambda n, count, **_: star_allreduce(n, count))
+# star: co-located (every rank owns a shard) when the job has no servers, else the
+# dedicated summation servers (ranks n .. n + servers - 1) own the shards.
+register("allreduce", "star",
+         lambda n, count, chunk_count, servers=0, **_:
+         star_servers_allreduce(n, servers, count, chunk_count) if servers
+         else star_allreduce(n, count))

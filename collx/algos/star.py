@@ -1,4 +1,7 @@
-"""Star (co-located parameter server) allreduce, for any number of ranks.
+"""Star (parameter server) allreduce: co-located (``star_allreduce``) or with dedicated
+summation servers (``star_servers_allreduce``, second half of this docstring).
+
+Co-located, for any number of ranks:
 
 The data is cut into n shards (``even_split(count, n)``); rank s owns shard s.
 
@@ -24,14 +27,36 @@ simulator's ``cost`` reports a critical path of n rounds (n - 1 reduces + 1 pull
 executor the pushes are all in flight at once and only the local reductions serialize.
 When it wins: mid-size messages at small n, on full-duplex links with spare bandwidth, where
 the ring's 2 (n - 1) latencies dominate and the incast does not.
+
+Dedicated servers (BytePS-style), W workers (ranks 0..W-1) and K servers (ranks W..W+K-1 of
+the schedule; the servers run ``collx.server`` and own no user data):
+The data is cut into K shards (``even_split(count, K)``), shard k belongs to server W+k, and
+each shard into chunks of ``chunk_count`` elements (0: one chunk).
+  worker w:  for every chunk of every shard: SEND IN[chunk] to its server (all at once);
+             RECV OUT[chunk] from that server, after its own push of that chunk completed
+             (IN may be OUT).
+  server k:  per chunk, into SCRATCH[chunk] (the server's only buffer): RECV from worker 0,
+             then RECV_REDUCE from workers 1, 2, ... W-1 in that order (each after the
+             previous), then SEND the sum to every worker.
+Per pair and direction the chunks travel in order, so FIFO matching lines up; chunk c+1
+is received while chunk c is being returned, so the servers pipeline. One server reduces
+each element in a fixed worker order and every worker copies it: all workers end bitwise
+identical.
+Bytes: every worker sends S and receives S (S = count x itemsize) whatever W is, against
+2 S (W - 1) / W for the ring; server k receives and sends W S / K. Rounds per chunk: 2
+message hops; the server's W reductions of a chunk are chained.
+When it wins: bandwidth-bound sizes when the servers sit on hosts (NICs) of their own — with
+K = W each NIC carries S instead of the ring's 2 S (W - 1) / W (1.5 S at W = 4), so ~2 (W-1)/W
+x the ring's busbw on links that are the bottleneck. Small messages pay two hops plus the
+server's serial reduction: use a tree.
 """
 from __future__ import annotations
 
-from .common import check_count, check_n, even_split, gc_paused, prefix
+from .common import check_count, check_n, chunks, even_split, gc_paused, prefix
 from .ir import Buf, Kind, Schedule, Step
 
 _SEND, _RECV, _RR, _COPY = Kind.SEND, Kind.RECV, Kind.RECV_REDUCE, Kind.COPY
-_IN, _OUT = Buf.IN, Buf.OUT
+_IN, _OUT, _SCRATCH = Buf.IN, Buf.OUT, Buf.SCRATCH
 
 
 @gc_paused
@@ -69,3 +94,49 @@ def star_allreduce(n: int, count: int) -> Schedule:
                 st.append(Step(_RECV, _OUT, offs[s], sz[s], s, _IN, 0, (push[s],)))
         steps.append(st)
     return Schedule("allreduce", "star", n, steps, [count] * n, [count] * n, reduces=True)
+
+
+@gc_paused
+def star_servers_allreduce(n_workers: int, n_servers: int, count: int,
+                           chunk_count: int = 0) -> Schedule:
+    """Workers 0..W-1: IN = OUT = ``count`` (may alias). Servers W..W+K-1: no IN/OUT,
+    SCRATCH = their shard. World size of the schedule: W + K (module docstring)."""
+    w_n = check_n(n_workers)
+    k_n = check_n(n_servers)
+    count = check_count(count)
+    n = w_n + k_n
+    sz = even_split(count, k_n)
+    offs = prefix(sz)
+    # per server: its chunks as (offset in the shard, length)
+    pieces = [chunks(sz[k], chunk_count) if sz[k] else [] for k in range(k_n)]
+    steps: list[list[Step]] = []
+    for w in range(w_n):
+        st: list[Step] = []
+        push: dict[tuple[int, int], int] = {}
+        depth = max((len(p) for p in pieces), default=0)
+        for c in range(depth):                      # round robin: every server busy early
+            for k in range(k_n):
+                if c < len(pieces[k]):
+                    co, cl = pieces[k][c]
+                    push[(k, c)] = len(st)
+                    st.append(Step(_SEND, _IN, offs[k] + co, cl, w_n + k, _IN, 0, ()))
+        for c in range(depth):
+            for k in range(k_n):
+                if c < len(pieces[k]):
+                    co, cl = pieces[k][c]
+                    st.append(Step(_RECV, _OUT, offs[k] + co, cl, w_n + k, _IN, 0,
+                                   (push[(k, c)],)))
+        steps.append(st)
+    for k in range(k_n):
+        st = []
+        for co, cl in pieces[k]:
+            last = len(st)
+            st.append(Step(_RECV, _SCRATCH, co, cl, 0, _IN, 0, ()))
+            for w in range(1, w_n):
+                st.append(Step(_RR, _SCRATCH, co, cl, w, _SCRATCH, co, (last,)))
+                last = len(st) - 1
+            for w in range(w_n):
+                st.append(Step(_SEND, _SCRATCH, co, cl, w, _IN, 0, (last,)))
+        steps.append(st)
+    return Schedule("allreduce", "star", n, steps, [count] * w_n + [0] * k_n,
+                    [count] * w_n + [0] * k_n, [0] * w_n + sz, reduces=True)

@@ -105,6 +105,22 @@ def _routable_address() -> str:
         return "127.0.0.1"
 
 
+def host_groups(records: list) -> list[list[int]]:
+    """Ranks of each host, hosts in order of their lowest rank."""
+    groups: dict[str, list[int]] = {}
+    for rec in records:
+        groups.setdefault(rec.host_id, []).append(rec.rank)
+    return list(groups.values())
+
+
+def job_servers() -> int:
+    """COLLX_SERVERS: dedicated summation servers beside the workers (collxrun --servers)."""
+    k = config.get("COLLX_SERVERS") or 0
+    if k < 0:
+        raise InvalidUsage(f"COLLX_SERVERS={k} must be >= 0")
+    return k
+
+
 def _locality(rank: int, records: list) -> tuple[int, int, int, int]:
     hosts: list[str] = []
     for rec in records:
@@ -132,14 +148,19 @@ def init_communicator(timeout: float | None = None) -> Communicator:
     if mode == "single":
         return Communicator(0, 1, timeout=timeout)
     rank, size, store, secret, server = (_from_env if mode == "env" else _from_mpi)(timeout)
-    comm = Communicator(rank, size, timeout=timeout, store=store)
+    servers = job_servers() if mode == "env" else 0
+    if servers and store is None:
+        store = _server_store(timeout)
+    comm = Communicator(rank, size, timeout=timeout, store=store, servers=servers)
     comm.store_server = server  # type: ignore[attr-defined]  # kept alive with the comm
-    if size == 1:
+    if size + servers == 1:
         return comm
     _C.shm_allow_cma()
     generation = store.add(f"collx/generation/{rank}", 1)
-    records, comm.transports = connect_mesh(comm.ccomm, store, rank, size, secret, timeout,
-                                            prefix=f"collx/g{generation}")
+    records, comm.transports = connect_mesh(comm.ccomm, store, rank, size + servers, secret,
+                                            timeout, prefix=f"collx/g{generation}")
+    records = records[:size]            # servers are not part of the user's world
+    comm.host_groups = host_groups(records)
     lr, ls, cr, cs = _locality(rank, records)
     comm.local_rank = _override("COLLX_LOCAL_RANK", lr, _MPI_LOCAL_VARS if mode == "mpi" else ())
     comm.local_size = _override("COLLX_LOCAL_SIZE", ls)
@@ -150,4 +171,38 @@ def init_communicator(timeout: float | None = None) -> Communicator:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         spin = 0 if ls > (cores or 1) else 4096
     comm.ccomm.set_spin(spin)
+    return comm
+
+
+def _server_store(timeout: float) -> Any:
+    addr, secret = config.get("COLLX_STORE_ADDR"), auth.secret_from_env()
+    if not addr or not secret:
+        raise InvalidUsage("collx: a job with COLLX_SERVERS needs COLLX_STORE_ADDR and "
+                           "COLLX_SECRET (start it with collxrun --servers K)")
+    return TCPStore(addr, secret, timeout=timeout)
+
+
+def init_server_communicator(index: int, timeout: float | None = None) -> Communicator:
+    """The communicator of dedicated summation server ``index`` (collx.server): rank
+    COLLX_SIZE + index among COLLX_SIZE workers and COLLX_SERVERS servers. Joins the next
+    generation of the job's mesh (one per collx.init of the workers)."""
+    timeout = config.get("COLLX_TIMEOUT") if timeout is None else float(timeout)
+    workers, servers = _env_int("COLLX_SIZE"), job_servers()
+    if not 0 <= index < servers:
+        raise InvalidUsage(f"collx-server: COLLX_SERVER_INDEX={index} is outside "
+                           f"COLLX_SERVERS={servers}")
+    rank = workers + index
+    store = _server_store(timeout)
+    comm = Communicator(rank, workers, timeout=timeout, store=store, servers=servers)
+    _C.shm_allow_cma()
+    generation = store.add(f"collx/generation/{rank}", 1)
+    records, comm.transports = connect_mesh(comm.ccomm, store, rank, workers + servers,
+                                            auth.secret_from_env(), timeout,
+                                            prefix=f"collx/g{generation}")
+    comm.host_groups = host_groups(records[:workers])
+    mine = records[rank].host_id
+    shares_host = any(rec.host_id == mine for rec in records[:workers])
+    spin = config.get("COLLX_SPIN")
+    # on a worker's host, never spin: the server would steal the workers' cores
+    comm.ccomm.set_spin(0 if shares_host else (4096 if spin is None else spin))
     return comm

@@ -100,6 +100,12 @@ class Communicator:
     transports: dict[int, str] = field(default_factory=dict)
     timeout: float = 300.0
     store: Any = None
+    # dedicated summation servers (collx.server) beside the ``size`` workers: they are ranks
+    # size .. size + servers - 1 of the C communicator and of star schedules, never of the
+    # user's world
+    servers: int = 0
+    # worker ranks of each host (first-seen host order); None = unknown (single process)
+    host_groups: Any = None
     _plans: "OrderedDict[tuple, Plan]" = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -110,7 +116,7 @@ class Communicator:
         self.forced_ok: set[tuple] = set()      # (op, algo, root) a forced algo was checked for
         self._fast_keys: set[tuple] = set()
         if self.ccomm is None:
-            self.ccomm = _C.Comm(self.rank, self.size)
+            self.ccomm = _C.Comm(self.rank, self.size + self.servers)
         self.ccomm.set_timeout(float(self.timeout))
 
     def transport_name(self) -> str:

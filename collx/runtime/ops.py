@@ -19,6 +19,7 @@ from ..algos.ir import Schedule
 from ..algos.registry import DEFAULT, build_schedule, even_split
 from ..errors import InvalidUsage, MismatchError
 from .buffers import BYTE_CODE, as_array, check_out, dtype_code, reduce_code
+from . import servers
 from .communicator import Communicator
 
 Job = Callable[[], Any]
@@ -131,13 +132,24 @@ def prepare_allreduce(comm: Communicator, x: Any, op: int, out: Any, timeout: fl
     code = reduce_code(arr, name)
     res = check_out(out, name, arr.shape, arr.dtype)
     count = arr.size
-    # Until topology-driven selection (collx/topo) exists: two ranks and a latency-bound size
-    # take the one-round pair exchange, everything else the pipelined ring.
+    # Until topology-driven selection (collx/topo) exists: a job with dedicated servers uses
+    # them (star); else two ranks and a latency-bound size take the one-round pair exchange,
+    # everything else the pipelined ring.
     algo = _choose(comm, "allreduce",
+                   "star" if comm.servers else
                    "pair" if comm.size == 2 and arr.nbytes <= comm.pair_max_bytes else "ring")
+    chunk = comm.chunk_count(arr.itemsize)
     plan = comm.plan(("allreduce", count, algo), arr.itemsize,
-                     lambda: _build(comm, "allreduce", algo, count=count,
-                                    chunk_count=comm.chunk_count(arr.itemsize)))
+                     lambda: _build(comm, "allreduce", algo, count=count, chunk_count=chunk,
+                                    groups=comm.host_groups, servers=comm.servers))
+    if algo == "star" and comm.servers:
+        words = servers.allreduce_job_words(count, code, op, chunk, arr.itemsize)
+
+        def served_job() -> np.ndarray:
+            servers.send_job(comm, words, timeout)
+            comm.execute(plan, arr, res, code, op, timeout)
+            return res
+        return served_job
 
     if out is not None:
         comm.register_fast(plan, arr.nbytes, code, op)
