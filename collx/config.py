@@ -44,6 +44,9 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
          "(no FIN/RST, e.g. a cut link) is declared dead via TCP keepalive"),
     Knob("COLLX_TRANSPORT", str, "auto", "auto | shm | tcp: 'tcp' forces TCP even between "
          "ranks of one host"),
+    Knob("COLLX_HOSTNAME", str, None, "host identity override: ranks with the same name are "
+         "one host (shared memory), different names different hosts (tcp); default: "
+         "detected from boot id, hostname and namespaces"),
     Knob("COLLX_HOST_ADDR", str, None, "address peers reach this rank's data listener on "
          "(default: the local address of the route to the store)"),
     Knob("COLLX_CHUNK_BYTES", int, 1 << 20, "pipelining chunk of ring schedules, bytes"),

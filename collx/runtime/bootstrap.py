@@ -132,6 +132,8 @@ def _locality(rank: int, records: list) -> tuple[int, int, int, int]:
 
 
 def _override(name: str, value: int, alternatives: tuple[str, ...] = ()) -> int:
+    if config.get("COLLX_HOSTNAME"):
+        return value    # hosts named by the user: the launcher's local view does not apply
     env = config.get(name)
     if env is not None:
         return env
