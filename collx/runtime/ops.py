@@ -98,6 +98,7 @@ def _choose(comm: Communicator, op: str, default: str | None = None) -> str:
 def _build(comm: Communicator, op: str, algo: str, **kw: Any) -> Schedule:
     """build_schedule, except that a forced algorithm refusing this case (its builder raises
     ValueError, e.g. pair with 3 ranks) is InvalidUsage naming the algorithm and the knob."""
+    kw.setdefault("groups", comm.host_groups)   # hierarchical algorithms use the real hosts
     try:
         return build_schedule(op, comm.size, algo=algo, **kw)
     except InvalidUsage:
@@ -141,7 +142,7 @@ def prepare_allreduce(comm: Communicator, x: Any, op: int, out: Any, timeout: fl
     chunk = comm.chunk_count(arr.itemsize)
     plan = comm.plan(("allreduce", count, algo), arr.itemsize,
                      lambda: _build(comm, "allreduce", algo, count=count, chunk_count=chunk,
-                                    groups=comm.host_groups, servers=comm.servers))
+                                    servers=comm.servers))
     if algo == "star" and comm.servers:
         words = servers.allreduce_job_words(count, code, op, chunk, arr.itemsize)
 
