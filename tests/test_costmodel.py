@@ -88,3 +88,113 @@ def test_empty_and_missing_class():
     assert bytes_per_link_class(ring_allreduce(3, 0), 4, ONE) == {}
     with pytest.raises(KeyError, match="inter"):
         predict(ring_allreduce(4, 8), 4, two_level([[0, 1], [2, 3]]), {"intra": FAST["link"]})
+
+
+# --- contention (bottleneck terms), cost(), calibration JSON -------------------------------
+
+from collx.algos import Links, cost as algos_cost  # noqa: E402
+from collx.algos import star as star_mod  # noqa: E402
+from collx.algos.costmodel import (bottlenecks, host_link_class, hosts_of_groups,  # noqa: E402
+                                   load_params)
+from collx.algos.dbtree import dbtree_allreduce  # noqa: E402
+
+SHM = LinkParams(alpha_s=1e-6, beta_Bps=8e9, gamma_s_per_B=1.5e-10)
+GBIT = LinkParams(alpha_s=60e-6, beta_Bps=125e6, gamma_s_per_B=1.5e-10)   # 1 Gbit/s
+MIB64 = (64 << 20) // 4                                                     # float32 elements
+CHUNK = (1 << 20) // 4                                                      # COLLX_CHUNK_BYTES
+
+
+def test_two_hosts_hier_is_1_5x_faster_than_flat_ring():
+    groups = [[0, 1], [2, 3]]
+    links = Links.of(SHM, GBIT, hosts=hosts_of_groups(groups))
+    ring = algos_cost(ring_allreduce(4, MIB64, CHUNK), links)
+    hier = algos_cost(hier_allreduce(groups, MIB64, CHUNK), links)
+    S = MIB64 * 4
+    assert ring == pytest.approx(1.5 * S / GBIT.beta_Bps, rel=0.03)   # 1.5 S per NIC
+    assert hier == pytest.approx(S / GBIT.beta_Bps, rel=0.03)         # S per NIC
+    assert ring / hier == pytest.approx(1.5, rel=0.05)
+    # the critical path alone lets the 64 chunks of a pipelined ring cross the NIC at once
+    cls = two_level(groups)
+    params = {"intra": SHM, "inter": GBIT}
+    assert predict(ring_allreduce(4, MIB64, CHUNK), 4, cls, params) < ring / 10
+
+
+def test_dedicated_server_star_is_1_5x_faster_than_worker_ring():
+    build = getattr(star_mod, "star_servers_allreduce", None)
+    if build is None:
+        pytest.skip("collx.algos.star.star_servers_allreduce (dedicated summation servers) "
+                    "does not exist yet")
+    workers, servers = 4, 4
+    star = build(workers, servers, MIB64, CHUNK)
+    assert star.world_size == workers + servers
+    hosts = hosts_of_groups([[r] for r in range(workers)], servers)   # 4 + 4 hosts
+    t_star = algos_cost(star, Links.of(SHM, GBIT, hosts=hosts))
+    t_ring = algos_cost(ring_allreduce(workers, MIB64, CHUNK),
+                        Links.of(SHM, GBIT, hosts=range(workers)))
+    # per worker NIC: star pushes S and pulls S, the ring sends 1.5 S and receives 1.5 S
+    assert t_ring / t_star == pytest.approx(1.5, rel=0.1)
+
+
+def test_one_host_np8_trees_beat_ring_when_latency_bound():
+    links = Links.of(SHM, hosts=[0] * 8)
+    ring = algos_cost(ring_allreduce(8, 2, CHUNK), links)
+    assert algos_cost(tree_allreduce(8, 2, CHUNK), links) < ring
+    assert algos_cost(dbtree_allreduce(8, 2, CHUNK), links) < ring
+    # and the ring still wins when bandwidth-bound
+    big = (16 << 20) // 4
+    assert algos_cost(ring_allreduce(8, big, CHUNK), links) < \
+        algos_cost(tree_allreduce(8, big, CHUNK), links)
+
+
+def test_contention_never_lowers_the_prediction():
+    groups = [[0, 1, 2], [3, 4, 5]]
+    hosts = hosts_of_groups(groups)
+    params = {"intra": SHM, "inter": GBIT}
+    cls = two_level(groups)
+    for s in (ring_allreduce(6, 10000, 1000), tree_allreduce(6, 10000, 1000),
+              hier_allreduce(groups, 10000, 1000), ring_allgather([5000] * 6)):
+        plain = predict(s, 4, cls, params)
+        assert predict(s, 4, cls, params, hosts=hosts) >= plain
+        assert predict(s, 4, cls, params, hosts=hosts, cores=1) >= \
+            predict(s, 4, cls, params, hosts=hosts)
+
+
+def test_bottleneck_terms_by_hand():
+    # ring allreduce on 2 hosts x 1 rank: each NIC carries S out and S in (2 messages of S/2)
+    count = 1000
+    S = count * 4
+    hosts = [0, 1]
+    terms = bottlenecks(ring_allreduce(2, count), 4, host_link_class(hosts),
+                        {"intra": SHM, "inter": GBIT}, hosts)
+    assert terms["nic_out[0]"] == pytest.approx(GBIT.alpha_s + S / GBIT.beta_Bps)
+    assert terms["nic_in[1]"] == pytest.approx(GBIT.alpha_s + S / GBIT.beta_Bps)
+    # rank 0 receives S/2 reduced and S/2 copied
+    assert terms["rank[0]"] == pytest.approx(S / GBIT.beta_Bps + GBIT.gamma_s_per_B * S / 2)
+    # a shared memory system: every intra-host byte once, at shared_Bps
+    mem = LinkParams(1e-6, 8e9, 0.0, shared_Bps=4e9)
+    t = bottlenecks(ring_allreduce(4, count), 4, lambda a, b: "m", {"m": mem}, [0] * 4)
+    assert t["mem[0]"] == pytest.approx(4 * 1.5 * S / 4e9)
+
+
+def test_cost_entry_point_and_host_map_checks():
+    s = ring_allreduce(4, 4096, 512)
+    one = algos_cost(s, SHM)                 # bare LinkParams: one host, one class
+    assert one == algos_cost(s, Links({"intra": SHM}))
+    assert one >= predict(s, 4, ONE, {"link": SHM})
+    with pytest.raises(ValueError, match="host map covers 3"):
+        algos_cost(s, Links.of(SHM, GBIT, hosts=[0, 0, 1]))
+    with pytest.raises(KeyError, match="inter"):
+        algos_cost(s, Links.of(SHM, hosts=[0, 0, 1, 1]))
+    assert algos_cost(ring_allreduce(3, 0), SHM) == 0.0
+
+
+def test_load_params_reads_calibration_json(tmp_path):
+    p = tmp_path / "links.json"
+    p.write_text('{"_meta": {"host": "x"}, "shm": {"alpha_s": 1e-6, "beta_Bps": 8e9, '
+                 '"gamma_s_per_B": 2e-10}, "tcp": {"alpha_s": 6e-5, "beta_Bps": 1.25e8}}')
+    got = load_params(str(p))
+    assert set(got) == {"shm", "tcp"}
+    assert got["shm"] == LinkParams(1e-6, 8e9, 2e-10)
+    assert got["tcp"].gamma_s_per_B == 0.0
+    links = Links(got, hosts=(0, 0, 1, 1), intra="shm", inter="tcp")
+    assert algos_cost(ring_allreduce(4, 1 << 16), links) > 0
