@@ -9,6 +9,17 @@
 
 #include "cx_transport.h"
 
+void cx_conn_drain_notes(cx_conn *c)
+{
+    char notes[64];
+    ssize_t got;
+    if (c->alive_fd < 0 || c->alive_is_data)
+        return;
+    while ((got = recv(c->alive_fd, notes, sizeof notes, MSG_DONTWAIT)) > 0)
+        if (memchr(notes, 'A', (size_t)got))
+            c->peer_aborted = 1;
+}
+
 cx_status cx_conn_check_alive(cx_conn *c)
 {
     if (c->alive_fd < 0)
@@ -19,14 +30,13 @@ cx_status cx_conn_check_alive(cx_conn *c)
         return errno == EINTR ? CX_OK
                               : CX_ERROR(CX_ERR_SYSTEM, c->peer, "poll on rank %d's socket: %s",
                                          c->peer, strerror(errno));
-    if (r > 0 && !c->alive_is_data && (p.revents & POLLIN)) {
-        char note = 0;
-        if (recv(c->alive_fd, &note, 1, MSG_PEEK | MSG_DONTWAIT) == 1 && note == 'A')
-            return CX_ERROR(CX_ERR_TRANSPORT, c->peer,
-                            "rank %d abandoned the communicator after an error of its own (a "
-                            "timeout, a mismatch or a dead peer it saw; its own error says "
-                            "which); rank %d cannot finish this collective", c->peer, c->self);
-    }
+    if (r > 0 && (p.revents & POLLIN))
+        cx_conn_drain_notes(c);     /* wake-up bytes, or the peer's abort notice */
+    if (c->peer_aborted)
+        return CX_ERROR(CX_ERR_TRANSPORT, c->peer,
+                        "rank %d abandoned the communicator after an error of its own (a "
+                        "timeout, a mismatch or a dead peer it saw; its own error says "
+                        "which); rank %d cannot finish this collective", c->peer, c->self);
     /* The peer's kernel closes its sockets when it dies: FIN (RDHUP), RST (ERR) or HUP. */
     if (r > 0 && (p.revents & (POLLHUP | POLLERR | POLLRDHUP | POLLNVAL)))
         return CX_ERROR(CX_ERR_TRANSPORT, c->peer,

@@ -163,28 +163,36 @@ static int first_waiting_peer(const cx_plan *p, const uint8_t *state)
     return -1;
 }
 
+/* Yields before sleeping when spinning is off (more ranks than cores): a few, so that a
+ * peer that is about to answer gets the core, then sleep until a doorbell or socket. */
+#define CX_IDLE_YIELDS_NOSPIN 16
+#define CX_IDLE_YIELDS 65536
+#define CX_IDLE_SLEEP_MS 2
+
 static cx_status idle_wait(cx_comm *c, unsigned long idle)
 {
     if (idle < c->spin) {
         cpu_relax();
         return CX_OK;
     }
-    if (idle < 65536) {
+    if (idle < c->spin + (c->spin ? CX_IDLE_YIELDS : CX_IDLE_YIELDS_NOSPIN)) {
         sched_yield();
         return CX_OK;
     }
-    /* long wait: sleep on the sockets for at most a millisecond */
+    /* long wait: sleep on the sockets / shm doorbells (bounded, for the periodic checks) */
     struct pollfd fds[64];
     int n = 0;
     for (int i = 0; i < c->size && n < 64; i++)
         if (c->conns[i] && c->conns[i]->npending > 0) {
             short ev = 0;
             int fd = c->conns[i]->ops->wait_fd(c->conns[i], &ev);
+            if (fd == CX_WAIT_READY)
+                return CX_OK;               /* something arrived while we got ready to sleep */
             if (fd >= 0)
                 fds[n++] = (struct pollfd){.fd = fd, .events = ev};
         }
     if (n)
-        poll(fds, (nfds_t)n, 1);
+        poll(fds, (nfds_t)n, CX_IDLE_SLEEP_MS);
     else
         sched_yield();
     return CX_OK;

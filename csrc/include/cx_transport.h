@@ -39,12 +39,15 @@ typedef struct cx_xfer {
     struct cx_xfer *next;   /* transport's queue link                         */
 } cx_xfer;
 
+#define CX_WAIT_READY (-2)
+
 typedef struct cx_conn_ops {
     const char *name;                                    /* "shm", "tcp" */
     cx_status (*post)(cx_conn *c, cx_xfer *x);           /* queue a send or receive */
     cx_status (*progress)(cx_conn *c);                   /* move bytes; never blocks */
-    /* fd to poll when idle (-1 if none); *events gets POLLIN, plus POLLOUT while a send
-     * is blocked on a full socket (never POLLOUT alone: it is almost always ready) */
+    /* fd to poll when idle (-1 if none, CX_WAIT_READY if progress is possible right now:
+     * do not sleep); *events gets POLLIN, plus POLLOUT while a send is blocked on a full
+     * socket (never POLLOUT alone: it is almost always ready) */
     int (*wait_fd)(cx_conn *c, short *events);
     void (*destroy)(cx_conn *c);                         /* close and free */
     /* Optional (may be NULL): tell the peer we abandon the communicator after an error of
@@ -59,10 +62,14 @@ struct cx_conn {
     int alive_fd;           /* a socket to the peer: EOF/HUP on it means the peer is gone */
     int alive_is_data;      /* alive_fd also carries data (tcp): never read it for notices */
     int npending;           /* posted and not yet done (kept by the transport) */
+    int peer_aborted;       /* the transport read the peer's abort notice off alive_fd */
     void *impl;
 };
 
 /* Check the peer is alive: poll alive_fd without blocking. CX_ERR_TRANSPORT if gone. */
 cx_status cx_conn_check_alive(cx_conn *c);
+/* Read the notes a peer wrote on a non-data alive_fd ('W' wake-ups; 'A' = it aborted, which
+ * sets peer_aborted). Never blocks. */
+void cx_conn_drain_notes(cx_conn *c);
 
 #endif

@@ -13,12 +13,22 @@
  *     done when the receiver advances tail past k.
  * The receiver advances tail = k+1 when message k is consumed, freeing the slot. Both
  * indices only grow, so no locks: release stores publish, acquire loads observe.
- * Nothing here blocks or spins: progress does what is possible and returns. */
+ * Nothing here blocks or spins: progress does what is possible and returns.
+ *
+ * Doorbell (for ranks that sleep instead of spinning, e.g. more ranks than cores): before
+ * the executor sleeps in poll(), wait_fd raises the ring's rx_sleep (waiting for a slot)
+ * and/or tx_sleep (waiting for the tail) flag, re-checks the ring, and returns the pair's
+ * socket. The other side, after publishing a slot or advancing the tail, checks the flag
+ * (a full fence on both sides orders flag and index, so one of them always sees the other)
+ * and, if it was raised, clears it and writes one 'W' byte to the socket. wait_fd drains
+ * those bytes before the next sleep; an 'A' (the peer aborted) found there is remembered
+ * for the liveness check. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,7 +60,9 @@ _Static_assert(sizeof(slot) == 64, "a slot is one cache line");
 
 typedef struct ring {
     uint64_t tail;         /* messages consumed (written by the receiver) */
-    char pad[56];
+    uint32_t rx_sleep;     /* the receiver sleeps until a slot is published: ring the bell */
+    uint32_t tx_sleep;     /* the sender sleeps until the tail moves: ring the bell */
+    char pad[48];
     slot slots[CX_SHM_SLOTS];
 } ring;
 
@@ -76,6 +88,17 @@ typedef struct shm_conn {
 
 static inline uint64_t load_acq(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void store_rel(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
+/* After publishing (ours: the slot seq or the tail): if the peer said it sleeps on `flag`,
+ * clear it and wake the peer through the pair's socket. */
+static void ring_bell(shm_conn *s, uint32_t *flag)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(flag, __ATOMIC_RELAXED) && __atomic_exchange_n(flag, 0, __ATOMIC_SEQ_CST)) {
+        ssize_t ignored = send(s->base.alive_fd, "W", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void)ignored;   /* a full socket already holds a wake-up byte */
+    }
+}
 
 static size_t ring_bytes(size_t eager) { return sizeof(ring) + CX_SHM_SLOTS * eager; }
 static size_t seg_bytes(size_t eager) { return sizeof(seg_header) + 2 * ring_bytes(eager); }
@@ -118,7 +141,18 @@ static cx_status shm_post(cx_conn *c, cx_xfer *x)
     return CX_OK;
 }
 
+static cx_status progress_sends_inner(shm_conn *s);
+
 static cx_status progress_sends(shm_conn *s)
+{
+    uint64_t sent0 = s->sent;
+    cx_status st = progress_sends_inner(s);
+    if (s->sent != sent0)
+        ring_bell(s, &s->out_ring->rx_sleep);
+    return st;
+}
+
+static cx_status progress_sends_inner(shm_conn *s)
 {
     uint64_t tail = load_acq(&s->out_ring->tail);
     cx_xfer **link = &s->sq_head, *prev = NULL;
@@ -214,7 +248,18 @@ static cx_status pull(shm_conn *s, cx_xfer *x, const slot *sl, size_t *budget)
     return CX_OK;
 }
 
+static cx_status progress_recvs_inner(shm_conn *s);
+
 static cx_status progress_recvs(shm_conn *s)
+{
+    uint64_t received0 = s->received;
+    cx_status st = progress_recvs_inner(s);
+    if (s->received != received0)
+        ring_bell(s, &s->in_ring->tx_sleep);
+    return st;
+}
+
+static cx_status progress_recvs_inner(shm_conn *s)
 {
     size_t budget = CX_SHM_BUDGET;
     while (s->rq_head && budget) {
@@ -268,8 +313,28 @@ static cx_status shm_progress(cx_conn *c)
 
 static int shm_wait_fd(cx_conn *c, short *events)
 {
+    shm_conn *s = (shm_conn *)c;
     *events = 0;
-    return -1;
+    if (c->alive_fd < 0)
+        return -1;
+    cx_conn_drain_notes(c);            /* old wake-ups; an abort notice is kept */
+    if (s->rq_head)
+        __atomic_store_n(&s->in_ring->rx_sleep, 1, __ATOMIC_SEQ_CST);
+    if (s->sq_head)
+        __atomic_store_n(&s->out_ring->tx_sleep, 1, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    /* re-check after raising the flags: whatever was published before is visible now */
+    if (s->rq_head && load_acq(&s->in_ring->slots[s->received % CX_SHM_SLOTS].seq) ==
+                          s->received + 1)
+        return CX_WAIT_READY;
+    if (s->sq_head) {
+        uint64_t tail = load_acq(&s->out_ring->tail);
+        for (cx_xfer *x = s->sq_head; x; x = x->next)
+            if (x->tstate[0] ? tail >= x->tstate[0] : s->sent - tail < CX_SHM_SLOTS)
+                return CX_WAIT_READY;
+    }
+    *events = POLLIN;
+    return c->alive_fd;
 }
 
 static void shm_destroy(cx_conn *c)
