@@ -165,3 +165,26 @@ register("allreduce", "star",
          lambda n, count, chunk_count, servers=0, **_:
          star_servers_allreduce(n, servers, count, chunk_count) if servers
          else star_allreduce(n, count))
+
+# beyond allreduce: recursive doubling / halving, tree aliases of the binomial trees, and the
+# hierarchical broadcast / allgather / reducescatter (groups None: hier.default_groups(n))
+from .hd_allgather import hd_allgather  # noqa: E402
+from .hd_reducescatter import hd_reducescatter  # noqa: E402
+from .hier_collectives import hier_allgather, hier_broadcast, hier_reducescatter  # noqa: E402
+from .tree_rooted import tree_broadcast, tree_reduce  # noqa: E402
+
+register("allgather", "hd", lambda n, counts, **_: hd_allgather(counts))
+register("reducescatter", "hd", lambda n, counts, **_: hd_reducescatter(counts))
+register("broadcast", "tree",
+         lambda n, count, root, chunk_count, **_: tree_broadcast(n, count, root, chunk_count))
+register("reduce", "tree",
+         lambda n, count, root, chunk_count, **_: tree_reduce(n, count, root, chunk_count))
+register("broadcast", "hier",
+         lambda n, count, root, chunk_count, groups=None, **_:
+         hier_broadcast(groups or _hier_groups(n), count, root, chunk_count))
+register("allgather", "hier",
+         lambda n, counts, chunk_count, groups=None, **_:
+         hier_allgather(groups or _hier_groups(n), counts, chunk_count))
+register("reducescatter", "hier",
+         lambda n, counts, chunk_count, groups=None, **_:
+         hier_reducescatter(groups or _hier_groups(n), counts, chunk_count))
