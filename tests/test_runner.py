@@ -16,7 +16,8 @@ import pytest
 
 from collx.errors import InvalidUsage
 from collx.runner.cli import split_argv
-from collx.runner.spec import parse_hosts, plan
+from collx.runner.local import server_command
+from collx.runner.spec import parse_hosts, plan, plan_servers
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -37,6 +38,9 @@ RANK_SCRIPT = textwrap.dedent("""
     os.replace(tmp, os.path.join(outdir, f"pids{rank}"))
     while not all(os.path.exists(os.path.join(outdir, f"pids{r}")) for r in range(size)):
         time.sleep(0.01)
+    servers = int(os.environ["COLLX_SERVERS"])  # wait for the servers' pids too (--servers)
+    while not all(os.path.exists(os.path.join(outdir, f"spids{k}")) for k in range(servers)):
+        time.sleep(0.01)
     print("ready", flush=True)
     if mode == "linger":
         sys.exit(0)  # leaves its grandchild running
@@ -48,16 +52,19 @@ RANK_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _env() -> dict[str, str]:
+def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=REPO)
     for k in list(env):
         if k.startswith("COLLX_"):
             del env[k]
+    env.update(extra)
     return env
 
 
-def collxrun(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "collx.runner", *args], env=_env(),
+def collxrun(*args: str, timeout: float = 30, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "collx.runner", *args],
+                          env=_env() if env is None else env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -74,10 +81,10 @@ def _gone(pid: int) -> bool:
     return stat[stat.rfind(")") + 2] in "ZX"
 
 
-def _recorded_pids(outdir: Path, size: int) -> list[int]:
+def _recorded_pids(outdir: Path, size: int, name: str = "pids") -> list[int]:
     pids = []
     for r in range(size):
-        pids += [int(p) for p in (outdir / f"pids{r}").read_text().split()]
+        pids += [int(p) for p in (outdir / f"{name}{r}").read_text().split()]
     return pids
 
 
@@ -247,12 +254,22 @@ def test_usage_errors() -> None:
     assert res.returncode == 127 and "cannot start rank 0" in res.stderr
     res = collxrun("--help")
     assert res.returncode == 0 and "-np" in res.stdout
+    assert "--servers" in res.stdout and "COLLX_SERVER_COMMAND" in res.stdout
+    res = collxrun("-np", "1", "--servers", "-1", "true")
+    assert res.returncode == 2 and "--servers" in res.stderr
 
 
 def test_split_and_plan() -> None:
     assert split_argv(["-np", "2", "--timeout=5", "python", "-np", "x"]) == (
         ["-np", "2", "--timeout=5"], ["python", "-np", "x"])
     assert split_argv(["-np", "2", "--", "-weird"]) == (["-np", "2"], ["-weird"])
+    assert split_argv(["-np", "2", "--servers", "3", "python", "--servers", "1"]) == (
+        ["-np", "2", "--servers", "3"], ["python", "--servers", "1"])
+    assert split_argv(["--servers=3", "-np", "2", "x"]) == (["--servers=3", "-np", "2"], ["x"])
+    assert [(s.index, s.servers, s.size) for s in plan_servers(2, 5)] == [(0, 2, 5), (1, 2, 5)]
+    assert server_command({}) == [sys.executable, "-m", "collx.server"]
+    assert server_command({"COLLX_SERVER_COMMAND": "prof -o 'a b' -- py -m collx.server"}) == [
+        "prof", "-o", "a b", "--", "py", "-m", "collx.server"]
     assert parse_hosts("localhost:2, 127.0.0.1") == [
         parse_hosts("localhost:2")[0], parse_hosts("127.0.0.1:1")[0]]
     specs = plan(3, parse_hosts("localhost:4"))
@@ -262,3 +279,180 @@ def test_split_and_plan() -> None:
         plan(0)
     with pytest.raises(InvalidUsage):
         parse_hosts("localhost:zero")
+
+
+# ---------------------------------------------------------------- --servers
+# A stand-in for collx.server (COLLX_SERVER_COMMAND): prints its environment, records its
+# pid and a grandchild's, then behaves as `mode` says until SIGTERM.
+SERVER_SCRIPT = textwrap.dedent("""
+    import json, os, signal, subprocess, sys, time
+    outdir, mode = sys.argv[1], sys.argv[2]
+    k, size = int(os.environ["COLLX_SERVER_INDEX"]), int(os.environ["COLLX_SIZE"])
+
+    def on_term(signum, frame):
+        open(os.path.join(outdir, f"term{k}"), "w").close()
+        sys.exit(3 if mode == "exit3_on_term" else 0)
+
+    if mode == "ignore_term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif mode != "die_on_term":
+        signal.signal(signal.SIGTERM, on_term)
+    print(json.dumps({n: v for n, v in os.environ.items() if n.startswith("COLLX_")}),
+          flush=True)
+    print(f"server {k} to-stderr", file=sys.stderr, flush=True)
+    child = subprocess.Popen(["sleep", "60"])
+    tmp = os.path.join(outdir, f"spids{k}.tmp")
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()} {child.pid}")
+    os.replace(tmp, os.path.join(outdir, f"spids{k}"))
+    if mode == "exit0_early":
+        child.kill()
+        sys.exit(0)
+    if mode == "fail" and k == 1:
+        while not all(os.path.exists(os.path.join(outdir, f"pids{r}")) for r in range(size)):
+            time.sleep(0.01)
+        sys.exit(5)
+    while True:
+        time.sleep(60)
+""")
+
+# A rank that waits until every server is up, prints its environment, exits 0 (after
+# argv[2] more seconds, if given).
+SERVER_JOB_RANK = textwrap.dedent("""
+    import json, os, sys, time
+    outdir = sys.argv[1]
+    for k in range(int(os.environ["COLLX_SERVERS"])):
+        while not os.path.exists(os.path.join(outdir, f"spids{k}")):
+            time.sleep(0.01)
+    print(json.dumps({n: v for n, v in os.environ.items() if n.startswith("COLLX_")}),
+          flush=True)
+    time.sleep(float(sys.argv[2]) if len(sys.argv) > 2 else 0)
+""")
+
+
+def _server_env(tmp_path: Path, mode: str, **extra: str) -> dict[str, str]:
+    path = tmp_path / "server.py"
+    path.write_text(SERVER_SCRIPT)
+    return _env(COLLX_SERVER_COMMAND=f"{sys.executable} {path} {tmp_path} {mode}", **extra)
+
+
+def _parse_labels(stream: str, tag: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in stream.splitlines():
+        head, sep, text = line.partition(f"]<{tag}>:")
+        if sep and head.startswith("["):
+            out.setdefault(head[1:], []).append(text)
+        else:
+            assert line.startswith("collxrun: "), f"unprefixed line {line!r}"
+    return out
+
+
+def test_servers_env_prefix_and_sigterm_end(tmp_path: Path) -> None:
+    # Identity variables in collxrun's own environment must not leak into the wrong kind
+    # of process: servers get no COLLX_RANK, ranks no COLLX_SERVER_INDEX.
+    env = _server_env(tmp_path, "exit0_on_term", COLLX_RANK="7", COLLX_LOCAL_RANK="7",
+                      COLLX_SERVER_INDEX="9")
+    t0 = time.monotonic()
+    res = collxrun("-np", "3", "--servers", "2", "--grace", "20", sys.executable, "-c",
+                   SERVER_JOB_RANK, str(tmp_path), env=env)
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr
+    assert elapsed < 10  # the servers ended on SIGTERM, not after the 20 s grace
+    out = _parse_labels(res.stdout, "stdout")
+    err = _parse_labels(res.stderr, "stderr")
+    assert sorted(out) == ["0", "1", "2", "s0", "s1"]
+    assert err == {"s0": ["server 0 to-stderr"], "s1": ["server 1 to-stderr"]}
+    ranks = [json.loads(out[str(r)][0]) for r in range(3)]
+    servers = [json.loads(out[f"s{k}"][0]) for k in range(2)]
+    for r, e in enumerate(ranks):
+        assert e["COLLX_RANK"] == str(r) and e["COLLX_SIZE"] == "3"
+        assert e["COLLX_LOCAL_RANK"] == str(r) and e["COLLX_SERVERS"] == "2"
+        assert "COLLX_SERVER_INDEX" not in e
+    for k, e in enumerate(servers):
+        assert e["COLLX_SERVER_INDEX"] == str(k) and e["COLLX_SERVERS"] == "2"
+        assert e["COLLX_SIZE"] == "3"
+        for name in ("COLLX_RANK", "COLLX_LOCAL_RANK", "COLLX_LOCAL_SIZE",
+                     "COLLX_CROSS_RANK", "COLLX_CROSS_SIZE"):
+            assert name not in e, name
+    for name in ("COLLX_STORE_ADDR", "COLLX_SECRET"):
+        assert len({e[name] for e in ranks + servers}) == 1, name
+    assert all((tmp_path / f"term{k}").exists() for k in range(2))  # got SIGTERM
+    assert not [line for line in res.stderr.splitlines() if line.startswith("collxrun: ")]
+    _assert_all_gone(_recorded_pids(tmp_path, 2, "spids"))
+
+
+def test_servers_without_prefix(tmp_path: Path) -> None:
+    res = collxrun("-np", "1", "--servers", "1", "--no-prefix", sys.executable, "-c",
+                   SERVER_JOB_RANK, str(tmp_path), env=_server_env(tmp_path, "exit0_on_term"))
+    assert res.returncode == 0, res.stderr
+    envs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert sorted(e.get("COLLX_SERVER_INDEX", "rank") for e in envs) == ["0", "rank"]
+    assert res.stderr == "server 0 to-stderr\n"
+
+
+@pytest.mark.parametrize("mode,warning", [
+    ("die_on_term", None),              # killed by the SIGTERM: its normal end
+    ("exit3_on_term", "exited with code 3 after SIGTERM"),
+    ("ignore_term", "did not end within the grace period"),
+    ("exit0_early", "exited with code 0 before the ranks finished"),
+])
+def test_server_end_after_ranks_succeeded_is_not_a_failure(tmp_path: Path, mode: str,
+                                                           warning: str | None) -> None:
+    # exit0_early: the ranks outlive the servers by a second, so the early end is seen.
+    linger = "1" if mode == "exit0_early" else "0"
+    t0 = time.monotonic()
+    res = collxrun("-np", "2", "--servers", "2", "--grace", "1", sys.executable, "-c",
+                   SERVER_JOB_RANK, str(tmp_path), linger, env=_server_env(tmp_path, mode))
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr
+    notes = [line for line in res.stderr.splitlines() if line.startswith("collxrun: ")]
+    if warning is None:
+        assert notes == [], res.stderr
+    else:
+        assert len(notes) == 2 and all(warning in n for n in notes), res.stderr
+    if mode == "ignore_term":
+        assert 1.0 <= elapsed < 8
+    _assert_all_gone(_recorded_pids(tmp_path, 2, "spids"))
+
+
+def test_server_failing_before_ranks_finish_takes_job_down(tmp_path: Path,
+                                                           script: str) -> None:
+    t0 = time.monotonic()
+    res = collxrun("-np", "2", "--servers", "2", sys.executable, script, str(tmp_path),
+                   "sleep", env=_server_env(tmp_path, "fail"))
+    assert res.returncode == 5, res.stderr
+    assert time.monotonic() - t0 < 8
+    assert "server 1" in res.stderr and "exited with code 5 before the ranks finished" \
+        in res.stderr
+    _assert_all_gone(_recorded_pids(tmp_path, 2) + _recorded_pids(tmp_path, 2, "spids"))
+
+
+def test_failing_rank_takes_servers_down(tmp_path: Path, script: str) -> None:
+    res = collxrun("-np", "2", "--servers", "1", sys.executable, script, str(tmp_path),
+                   "exit3", env=_server_env(tmp_path, "exit0_on_term"))
+    assert res.returncode == 3, res.stderr
+    assert "rank 1" in res.stderr and "1 server(s)" in res.stderr
+    assert (tmp_path / "term0").exists()
+    _assert_all_gone(_recorded_pids(tmp_path, 2) + _recorded_pids(tmp_path, 1, "spids"))
+
+
+def test_signal_to_collxrun_reaches_servers(tmp_path: Path, script: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "collx.runner", "-np", "1", "--servers",
+                             "1", sys.executable, script, str(tmp_path), "sleep"],
+                            env=_server_env(tmp_path, "exit0_on_term"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 15
+    while not ((tmp_path / "pids0").exists() and (tmp_path / "spids0").exists()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "1 rank(s) and 1 server(s)" in err
+    _assert_all_gone(_recorded_pids(tmp_path, 1) + _recorded_pids(tmp_path, 1, "spids"))
+
+
+def test_server_command_that_cannot_start(tmp_path: Path) -> None:
+    res = collxrun("-np", "1", "--servers", "1", "true",
+                   env=_env(COLLX_SERVER_COMMAND="/nonexistent/collx-server-binary"))
+    assert res.returncode == 127 and "cannot start server 0" in res.stderr

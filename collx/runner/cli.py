@@ -2,13 +2,22 @@
 
     collxrun -np 4 python train.py
     collxrun -np 2 -H localhost:2 --timeout 600 python train.py --lr 0.1
+    collxrun -np 4 --servers 2 python train.py
+
 
 collxrun makes a fresh job secret, serves the rendezvous store (TCPStoreServer on
 127.0.0.1) from its own threads, starts every rank with COLLX_RANK, COLLX_SIZE,
 COLLX_LOCAL_RANK, COLLX_LOCAL_SIZE, COLLX_CROSS_RANK, COLLX_CROSS_SIZE, COLLX_STORE_ADDR and
-COLLX_SECRET, prefixes their output with ``[rank]<stdout>:``/``[rank]<stderr>:``, and takes
-the whole job down when any rank fails. Its exit code is the first failing rank's (128+N
-for a death by signal N), 124 on --timeout, 0 when every rank succeeded.
+COLLX_SECRET (and COLLX_SERVERS), prefixes their output with
+``[rank]<stdout>:``/``[rank]<stderr>:``, and takes the whole job down when any rank fails.
+Its exit code is the first failing rank's (128+N for a death by signal N), 124 on
+--timeout, 0 when every rank succeeded.
+
+With ``--servers K`` it also starts K summation servers (``python -m collx.server``, or
+the command in COLLX_SERVER_COMMAND) with COLLX_SIZE, COLLX_SERVERS, COLLX_SERVER_INDEX,
+COLLX_STORE_ADDR and COLLX_SECRET but no COLLX_RANK, output prefixed ``[s<k>]``. A server
+exiting non-zero before the ranks finish fails the job (its exit code); after every rank
+exited 0 the servers get SIGTERM, their normal end.
 
 Imports only collx.config, collx.errors and collx.rendezvous: it works without collx._C.
 """
@@ -22,9 +31,9 @@ from .. import config
 from ..errors import CollxError
 from ..rendezvous import TCPStoreServer
 from . import local
-from .spec import parse_hosts, plan
+from .spec import parse_hosts, plan, plan_servers
 
-_VALUE_OPTS = {"-np", "--num-proc", "-H", "--hosts", "--timeout", "--grace"}
+_VALUE_OPTS = {"-np", "--num-proc", "-H", "--hosts", "--timeout", "--grace", "--servers"}
 _FLAG_OPTS = {"--no-prefix", "-h", "--help"}
 
 
@@ -42,24 +51,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=None,
                    help="seconds between SIGTERM and SIGKILL when tearing the job down "
                         "(default: the COLLX_GRACE knob, 5 s)")
+    p.add_argument("--servers", type=int, default=0, metavar="K",
+                   help="also start K dedicated summation servers (python -m collx.server, "
+                        "or the command line in the COLLX_SERVER_COMMAND environment "
+                        "variable, e.g. to run them under a profiler); they get COLLX_SIZE, "
+                        "COLLX_SERVERS, COLLX_SERVER_INDEX, COLLX_STORE_ADDR, COLLX_SECRET "
+                        "(no COLLX_RANK), output prefixed [s<k>]. A server failing before "
+                        "the ranks finish fails the job; once every rank exited 0 the "
+                        "servers get SIGTERM (SIGKILL after --grace). Default 0")
     p.add_argument("--no-prefix", action="store_true",
                    help="pass rank output through unchanged (no [rank] prefix)")
     return p
 
 
-def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+def split_argv(argv: list[str], value_opts: set[str] | None = None,
+               flag_opts: set[str] | None = None) -> tuple[list[str], list[str]]:
     """Split into (collxrun options, command): the command starts at the first token that
     is not an option or an option's value, or after ``--``. Done by hand so that the
-    command's own options (``python -u -c ...``) are never taken for collxrun's."""
+    command's own options (``python -u -c ...``) are never taken for collxrun's.
+    ``value_opts``/``flag_opts``: another launcher's options (default: collxrun's)."""
+    value_opts = _VALUE_OPTS if value_opts is None else value_opts
+    flag_opts = _FLAG_OPTS if flag_opts is None else flag_opts
     i = 0
     while i < len(argv):
         tok = argv[i]
         if tok == "--":
             return argv[:i], argv[i + 1:]
-        if tok in _VALUE_OPTS:
+        if tok in value_opts:
             i += 2
-        elif tok in _FLAG_OPTS or (tok.startswith("--") and "=" in tok
-                                    and tok.split("=", 1)[0] in _VALUE_OPTS):
+        elif tok in flag_opts or (tok.startswith("--") and "=" in tok
+                                   and tok.split("=", 1)[0] in value_opts):
             i += 1
         elif tok.startswith("-"):
             i += 1  # unknown option: argparse reports it
@@ -83,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         specs = plan(args.np, parse_hosts(args.hosts) if args.hosts else None)
+        servers = plan_servers(args.servers, args.np)
         grace = args.grace if args.grace is not None else config.get("COLLX_GRACE")
         if grace < 0 or (args.timeout is not None and args.timeout <= 0):
             raise CollxError("--grace must be >= 0 and --timeout > 0")
@@ -93,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     server = TCPStoreServer("127.0.0.1", 0, secret=secret.encode()).start()
     try:
         return local.run(specs, command, store_addr=server.address, secret=secret,
-                         grace=grace, timeout=args.timeout, prefix=not args.no_prefix)
+                         grace=grace, timeout=args.timeout, prefix=not args.no_prefix,
+                         servers=servers)
     finally:
         server.stop()
 

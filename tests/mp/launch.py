@@ -61,14 +61,16 @@ def _split(text: str, tag: str, by_rank: dict[int, list[str]], other: list[str])
 
 
 def collxrun(np: int, script: str, *args: str, env: dict[str, str] | None = None,
-             timeout: float = 120.0, grace: float = 2.0, watchdog: float | None = None) -> Job:
+             timeout: float = 120.0, grace: float = 2.0, watchdog: float | None = None,
+             launcher_args: tuple[str, ...] = ()) -> Job:
     """Run ``python tests/mp/<script> args...`` on ``np`` ranks; never outlives ``timeout``
-    (+ grace + a few seconds). ``watchdog`` (default: timeout - 5 s) bounds each rank."""
+    (+ grace + a few seconds). ``watchdog`` (default: timeout - 5 s) bounds each rank.
+    ``launcher_args`` go to collxrun (e.g. ``("--servers", "2")``)."""
     env = dict(clean_env() if env is None else env)
     env.setdefault("COLLX_TEST_WATCHDOG", str(max(5.0, (watchdog or timeout - 5.0))))
     path = script if os.path.isabs(script) else str(MP_DIR / script)
     cmd = [sys.executable, "-m", "collx.runner", "-np", str(np), "--timeout", str(timeout),
-           "--grace", str(grace), sys.executable, path, *args]
+           "--grace", str(grace), *launcher_args, sys.executable, path, *args]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
