@@ -182,3 +182,28 @@ def test_launcher_refuses_without_prerequisites(tmp_path: Path):
     assert res.returncode == 2
     assert "cannot emulate hosts" in res.stderr
     assert ("not found" in res.stderr) or ("needs root" in res.stderr)
+
+
+def test_every_algorithm_two_hosts_two_ranks_with_servers(cluster):
+    """Issue 3's real check: every registered algorithm of every op (forced, one generation
+    each) on 2 hosts x 2 ranks, shm inside a host and tcp across, plus 2 server hosts so that
+    star runs with dedicated summation servers; exact on every rank."""
+    from collx.algos.registry import ALGORITHMS
+    res = netns_run("--hosts", "2", "--per-host", "2", "--server-hosts", "2", "--timeout",
+                    "270", "--", sys.executable, "-m", "tests.netns.algos_worker")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for r in range(4):
+        lines = _lines(res.stdout, str(r))
+        assert lines[-1] == f"OK {r}", lines[-5:]
+        ran = [ln.split() for ln in lines if ln.startswith("ALGO ")]
+        want = {(op, a) for op in ("allreduce", "broadcast", "reduce", "allgather",
+                                   "reducescatter") for a in ALGORITHMS[op] if a != "pair"}
+        assert {(op, a) for _, op, a, *_ in ran} == want
+        for _, op, algo, used, servers in ran:
+            assert int(servers) == 2
+            # hier on two equal hosts must really be hierarchical (no leader fallback)
+            assert used == algo or (algo == "binomial" and used == "tree"), (op, algo, used)
+        info = json.loads(next(ln for ln in lines if ln.startswith("INFO "))[5:])
+        assert info["groups"] == [[0, 1], [2, 3]]
+        assert {int(p): t for p, t in info["transports"].items()} == {
+            q: ("shm" if q // 2 == r // 2 else "tcp") for q in range(6) if q != r}
