@@ -81,7 +81,7 @@ def table_header(op: str) -> str:
     """Three comment lines naming the columns, like nccl-tests (one block per op)."""
     lead = sum(_W)
     var = sum(_T)
-    tail = f"{'p50':>9}{'p99':>9}  {'algo':<10}{'transport':<9}"
+    tail = f"{'p50':>9}{'p99':>9}  {'algo':<12}{'transport':<9}"
     return "\n".join([
         f"#\n# collective: {op}",
         "#" + " " * (lead - 1) + f"{'out-of-place':>{var}}{'in-place':>{var}}"
@@ -101,7 +101,7 @@ def format_row(row: Row) -> str:
     return (f"{row.nbytes:>{_W[0]}}{row.count:>{_W[1]}}{row.type_name:>{_W[2]}}"
             f"{row.redop:>{_W[3]}}{row.root:>{_W[4]}}"
             f"{_variant(row.oop)}{_variant(row.inplace)}"
-            f"{_time(row.p50_us):>9}{_time(row.p99_us):>9}  {row.algo:<10}{row.transport}")
+            f"{_time(row.p50_us):>9}{_time(row.p99_us):>9}  {row.algo:<11} {row.transport}")
 
 
 def footer(rows: list[Row]) -> str:

@@ -23,9 +23,10 @@ for gen in range(generations):
         try:
             collx.allreduce(x, op=collx.Sum, timeout=30)
             worker.say("NOERROR", r)
+            sys.exit(0)
         except collx.CollxError as exc:
             worker.say("FAILED", r, type(exc).__name__, f"{time.monotonic() - t0:.2f}", str(exc))
-        sys.exit(0)
+        sys.exit(1)
     for dtype in (np.float32, np.int64, np.float64):
         for count in (0, 1, 2, 7, 1000, 262147, (1 << 20) + 3):
             x = ((np.arange(count) * 7 + r) % 11).astype(dtype)
