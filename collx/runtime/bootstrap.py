@@ -121,6 +121,20 @@ def job_servers() -> int:
     return k
 
 
+def spin_for(records: list, rank: int) -> int:
+    """COLLX_SPIN, else: busy-poll (4096 spins before yielding) only when the processes of
+    this job on this kernel — namespace "hosts" of one machine and servers included — fit
+    the cores; otherwise 0 (yield briefly, then sleep on the doorbells), so that waiting
+    ranks do not take the cores from the ranks that have work."""
+    spin = config.get("COLLX_SPIN")
+    if spin is not None:
+        return spin
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    mine = records[rank].kernel
+    sharing = sum(1 for rec in records if rec.kernel == mine)
+    return 0 if sharing > (cores or 1) else 4096
+
+
 def _locality(rank: int, records: list) -> tuple[int, int, int, int]:
     hosts: list[str] = []
     for rec in records:
@@ -161,18 +175,14 @@ def init_communicator(timeout: float | None = None) -> Communicator:
     generation = store.add(f"collx/generation/{rank}", 1)
     records, comm.transports = connect_mesh(comm.ccomm, store, rank, size + servers, secret,
                                             timeout, prefix=f"collx/g{generation}")
-    records = records[:size]            # servers are not part of the user's world
+    all_records, records = records, records[:size]   # servers are not in the user's world
     comm.host_groups = host_groups(records)
     lr, ls, cr, cs = _locality(rank, records)
     comm.local_rank = _override("COLLX_LOCAL_RANK", lr, _MPI_LOCAL_VARS if mode == "mpi" else ())
     comm.local_size = _override("COLLX_LOCAL_SIZE", ls)
     comm.cross_rank = _override("COLLX_CROSS_RANK", cr)
     comm.cross_size = _override("COLLX_CROSS_SIZE", cs)
-    spin = config.get("COLLX_SPIN")
-    if spin is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        spin = 0 if ls > (cores or 1) else 4096
-    comm.ccomm.set_spin(spin)
+    comm.ccomm.set_spin(spin_for(all_records, rank))
     return comm
 
 
@@ -202,9 +212,5 @@ def init_server_communicator(index: int, timeout: float | None = None) -> Commun
                                             auth.secret_from_env(), timeout,
                                             prefix=f"collx/g{generation}")
     comm.host_groups = host_groups(records[:workers])
-    mine = records[rank].host_id
-    shares_host = any(rec.host_id == mine for rec in records[:workers])
-    spin = config.get("COLLX_SPIN")
-    # on a worker's host, never spin: the server would steal the workers' cores
-    comm.ccomm.set_spin(0 if shares_host else (4096 if spin is None else spin))
+    comm.ccomm.set_spin(spin_for(records, rank))
     return comm

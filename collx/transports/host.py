@@ -27,6 +27,12 @@ def _boot_id() -> str:
         return "-"
 
 
+def kernel_identity() -> str:
+    """Equal for processes on one kernel, hence on the same CPUs (network-namespace "hosts"
+    of one machine included): what decides whether busy-polling steals a peer's core."""
+    return _boot_id()
+
+
 def host_identity() -> str:
     """A short stable id equal for exactly the ranks that can share memory.
     COLLX_HOSTNAME replaces the detection: ranks giving the same name are one host (shm

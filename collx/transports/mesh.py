@@ -26,7 +26,7 @@ from .. import config
 from ..errors import CollxTimeout, InvalidUsage, TransportError
 from ..rendezvous import auth
 from ..rendezvous.store import Store
-from .host import host_identity
+from .host import host_identity, kernel_identity
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class PeerRecord:
     port: int
     host_id: str
     pid: int
+    kernel: str = "-"       # boot id: processes with the same one share the CPUs
 
 
 def _remaining(deadline: float, what: str) -> float:
@@ -76,7 +77,7 @@ def _recv_blob(sock: socket.socket) -> bytes:
 
 def publish_and_collect(store: Store, prefix: str, rank: int, size: int, host: str, port: int,
                         deadline: float) -> list[PeerRecord]:
-    me = PeerRecord(rank, host, port, host_identity(), os.getpid())
+    me = PeerRecord(rank, host, port, host_identity(), os.getpid(), kernel_identity())
     store.set(f"{prefix}/peer/{rank}", json.dumps(me.__dict__).encode())
     records = []
     for r in range(size):
