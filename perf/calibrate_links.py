@@ -71,15 +71,15 @@ def measure_gamma(nbytes: int = 256 << 10) -> float:
     return best / nbytes
 
 
-def bench_ring(transport: str | None, sizes, timeout: float) -> list[dict]:
-    """JSON records of the ring allreduce at np 2 (rank 0's stdout)."""
+def bench_ring(transport: str | None, sizes, timeout: float, ranks: int = 2) -> list[dict]:
+    """JSON records of the ring allreduce at np ``ranks`` (rank 0's stdout)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if transport:
         env["COLLX_TRANSPORT"] = transport
     else:
         env.pop("COLLX_TRANSPORT", None)
-    cmd = [sys.executable, "-m", "collx.runner", "-np", "2", "--no-prefix",
+    cmd = [sys.executable, "-m", "collx.runner", "-np", str(ranks), "--no-prefix",
            "--timeout", str(int(timeout)),
            sys.executable, "-m", "collx.bench", "allreduce", "--algo", "allreduce:ring",
            "--sizes", ",".join(str(s) for s in sizes), "--json", "--no-inplace",
@@ -98,45 +98,47 @@ def bench_ring(transport: str | None, sizes, timeout: float) -> list[dict]:
     return recs
 
 
-def _model(nbytes: int, alpha: float, beta: float, gamma: float, chunk_bytes: int) -> float:
-    """The cost model's time (contention included: both ranks on one host) of the 2-rank ring
-    allreduce of ``nbytes`` float32, chunked like the runtime."""
+def _model(nbytes: int, alpha: float, beta: float, gamma: float, chunk_bytes: int,
+           ranks: int = 2) -> float:
+    """The cost model's time (contention included: all ranks on one host) of the ``ranks``-rank
+    ring allreduce of ``nbytes`` float32, chunked like the runtime."""
     from collx.algos.costmodel import LinkParams, predict
     from collx.algos.ring import ring_allreduce
-    s = ring_allreduce(2, max(1, nbytes // 4), max(1, chunk_bytes // 4))
+    s = ring_allreduce(ranks, max(1, nbytes // 4), max(1, chunk_bytes // 4))
     return predict(s, 4, lambda a, b: "x", {"x": LinkParams(alpha, beta, gamma)},
-                   hosts=[0, 0])
+                   hosts=[0] * ranks)
 
 
-def _solve_beta(n: int, t: float, alpha: float, gamma: float, chunk_bytes: int) -> float:
+def _solve_beta(n: int, t: float, alpha: float, gamma: float, chunk_bytes: int,
+                ranks: int = 2) -> float:
     """beta with model(n; alpha, beta, gamma) = t (the model falls as beta grows), by
     bisection on log(beta); gamma is dropped when it alone explains t."""
-    if _model(n, alpha, 1e18, gamma, chunk_bytes) >= t:
+    if _model(n, alpha, 1e18, gamma, chunk_bytes, ranks) >= t:
         gamma = 0.0
     lo, hi = 1e3, 1e15
     for _ in range(100):
         mid = (lo * hi) ** 0.5
-        if _model(n, alpha, mid, gamma, chunk_bytes) > t:
+        if _model(n, alpha, mid, gamma, chunk_bytes, ranks) > t:
             lo = mid
         else:
             hi = mid
     return (lo * hi) ** 0.5
 
 
-def fit(recs: list[dict], gamma: float, chunk_bytes: int = 1 << 20) -> dict:
+def fit(recs: list[dict], gamma: float, chunk_bytes: int = 1 << 20, ranks: int = 2) -> dict:
     """alpha and beta such that the cost model reproduces the measured 2-rank ring:
     alpha = t(smallest) / the model's time with alpha 1 and no byte cost (its rounds);
     beta = the geometric mean over sizes >= 1 MiB of the beta that makes the model's time
     equal the measured one."""
     pts = sorted((int(r["bytes"]), float(r["us"]) * 1e-6) for r in recs)
     n0, t0 = pts[0]
-    alpha = t0 / max(_model(n0, 1.0, 0.0, 0.0, chunk_bytes), 1e-30)
+    alpha = t0 / max(_model(n0, 1.0, 0.0, 0.0, chunk_bytes, ranks), 1e-30)
     big = [(n, t) for n, t in pts if n >= (1 << 20)] or pts[-1:]
-    betas = [_solve_beta(n, t, alpha, gamma, chunk_bytes) for n, t in big]
+    betas = [_solve_beta(n, t, alpha, gamma, chunk_bytes, ranks) for n, t in big]
     beta = float(np.exp(np.mean(np.log(betas))))
     return {"alpha_s": alpha, "beta_Bps": beta, "gamma_s_per_B": gamma,
             "_points_us": {str(n): round(t * 1e6, 3) for n, t in pts},
-            "_model_us": {str(n): round(_model(n, alpha, beta, gamma, chunk_bytes) * 1e6, 3)
+            "_model_us": {str(n): round(_model(n, alpha, beta, gamma, chunk_bytes, ranks) * 1e6, 3)
                           for n, _ in pts}}
 
 
@@ -174,6 +176,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3,
                     help="collxrun runs per class; per size the lowest median counts")
     ap.add_argument("--timeout", type=float, default=40.0, help="per collxrun, seconds")
+    ap.add_argument("--np", type=int, default=2, dest="ranks",
+                    help="ranks of the calibration ring (default 2); with more ranks than "
+                         "cores alpha and beta include the cost of sharing them")
     ap.add_argument("-o", "--out", default=None, help="write the JSON here (default stdout)")
     a = ap.parse_args(argv)
     from collx.bench.measure import parse_sizes
@@ -187,21 +192,21 @@ def main(argv=None) -> int:
                              "for given values)")
         best: dict[int, dict] = {}
         for _ in range(a.rounds):       # the machine is shared: per size, the best round
-            for r in bench_ring("tcp" if cls == "tcp" else None, sizes, a.timeout):
+            for r in bench_ring("tcp" if cls == "tcp" else None, sizes, a.timeout, a.ranks):
                 if r["bytes"] not in best or r["us"] < best[r["bytes"]]["us"]:
                     best[r["bytes"]] = r
         recs = list(best.values())
         if cls == "shm" and recs[0].get("transport") not in ("shm", None):
             print(f"# note: the default transport here is {recs[0].get('transport')}",
                   file=sys.stderr)
-        result[cls] = fit(recs, gamma)
+        result[cls] = fit(recs, gamma, ranks=a.ranks)
     for spec in a.inter:
         name, params = parse_given(spec, gamma)
         result[name] = params
     result["_meta"] = {"host": socket.gethostname(), "cores": os.cpu_count(),
                        "load1": round(os.getloadavg()[0], 2),
                        "gamma_from": "collx._C.reduce_kernel float32 sum, 256 KiB, best batch",
-                       "alpha_beta_from": f"collx-bench ring allreduce np 2, best of "
+                       "alpha_beta_from": f"collx-bench ring allreduce np {a.ranks}, best of "
                                           f"{a.rounds} runs, t = alpha + N/beta + gamma N",
                        "seconds": round(time.time() - t_start, 1)}
     text = json.dumps(result, indent=1)

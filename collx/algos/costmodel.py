@@ -8,8 +8,10 @@ reducing one byte on the receiver (charged to RECV_REDUCE steps only).
 Critical path. ``predict`` extends ``simulator.cost``'s critical path (same event order: deps,
 FIFO posting order per direction, send/recv matching through the simulator's plan) with
 per-class weights: a step starts when its deps are complete and the previous message in its
-direction was posted; a matched pair completes at max(both starts) + alpha + bytes / beta
-(+ gamma x bytes for a RECV_REDUCE); local COPYs cost nothing. On its own this models
+direction was posted; a matched pair completes at max(send start + alpha, receive start) +
+bytes / beta (+ gamma x bytes for a RECV_REDUCE): the latency is paid from the moment the
+sender posts, overlapping whatever the receiver still does (a star owner's chained reduces of
+messages that all left at once pay one latency, not one each); local COPYs cost nothing. On its own this models
 latency, bandwidth and reduction cost along dependency chains, not contention: two messages
 that share a NIC at the same moment are not slowed down.
 
@@ -157,7 +159,9 @@ def _critical_path(schedule: Schedule, itemsize: int, link: _Params) -> float:
         snd, rcv = step_of[g], step_of[p]
         nbytes = snd.count * itemsize
         lp = link(rank_of[g], rank_of[p])
-        t = max(start[g], start[p]) + lp.msg_time(nbytes)
+        # the latency runs from the send's start (the notice is in flight while the
+        # receiver is still busy); the bytes move once both sides are there
+        t = max(start[g] + lp.alpha_s, start[p]) + lp.msg_time(nbytes) - lp.alpha_s
         if rcv.kind == Kind.RECV_REDUCE:
             t += lp.gamma_s_per_B * nbytes
         end[g] = end[p] = t
