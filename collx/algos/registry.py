@@ -22,6 +22,7 @@ Buffer conventions (elements; the Schedule's in/out/scratch counts say the same 
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional, Sequence
 
 from .binomial import (binomial_barrier, binomial_broadcast, binomial_gather, binomial_reduce,
@@ -135,18 +136,33 @@ def check_groups(groups: Sequence[Sequence[int]], n: int) -> list[list[int]]:
     return out
 
 
-# hierarchical allreduce: builders get only n, so hosts are assumed to be consecutive ranks,
-# hier.DEFAULT_HOST_SIZE per host; callers that know the topology call
-# hier_allreduce(groups, ...) / hier_leader_allreduce(groups, ...) directly.
+# hierarchical allreduce: without real host groups (groups None) hosts are assumed to be
+# consecutive ranks, hier.DEFAULT_HOST_SIZE per host. With one level only (one host, or one
+# rank per host) a hierarchy has nothing to exploit: the flat algorithm IS the hierarchical
+# one there, so ``hier`` builds it (named hier) instead of a slower two-level imitation.
 from .hier import default_groups as _hier_groups  # noqa: E402
 from .hier import hier_allreduce, hier_leader_allreduce  # noqa: E402
 
+
+def _one_level(groups) -> bool:
+    return len(groups) == 1 or all(len(g) == 1 for g in groups)
+
+
+def _hier_or_flat(name: str, groups, n: int, two_level, flat) -> Schedule:
+    groups = groups or _hier_groups(n)
+    if _one_level(groups):
+        return dataclasses.replace(flat(), algo=name)
+    return two_level(groups)
+
+
 register("allreduce", "hier",
-         lambda n, count, chunk_count, groups=None, **_:
-         hier_allreduce(groups or _hier_groups(n), count, chunk_count))
+         lambda n, count, chunk_count, groups=None, **_: _hier_or_flat(
+             "hier", groups, n, lambda g: hier_allreduce(g, count, chunk_count),
+             lambda: ring_allreduce(n, count, chunk_count)))
 register("allreduce", "hier_leader",
-         lambda n, count, chunk_count, groups=None, **_:
-         hier_leader_allreduce(groups or _hier_groups(n), count, chunk_count))
+         lambda n, count, chunk_count, groups=None, **_: _hier_or_flat(
+             "hier_leader", groups, n, lambda g: hier_leader_allreduce(g, count, chunk_count),
+             lambda: ring_allreduce(n, count, chunk_count)))
 
 from .dbtree import dbtree_allreduce, dbtree_broadcast, dbtree_reduce  # noqa: E402
 
@@ -180,11 +196,14 @@ register("broadcast", "tree",
 register("reduce", "tree",
          lambda n, count, root, chunk_count, **_: tree_reduce(n, count, root, chunk_count))
 register("broadcast", "hier",
-         lambda n, count, root, chunk_count, groups=None, **_:
-         hier_broadcast(groups or _hier_groups(n), count, root, chunk_count))
+         lambda n, count, root, chunk_count, groups=None, **_: _hier_or_flat(
+             "hier", groups, n, lambda g: hier_broadcast(g, count, root, chunk_count),
+             lambda: binomial_broadcast(n, count, root, chunk_count)))
 register("allgather", "hier",
-         lambda n, counts, chunk_count, groups=None, **_:
-         hier_allgather(groups or _hier_groups(n), counts, chunk_count))
+         lambda n, counts, chunk_count, groups=None, **_: _hier_or_flat(
+             "hier", groups, n, lambda g: hier_allgather(g, counts, chunk_count),
+             lambda: ring_allgather(counts, chunk_count)))
 register("reducescatter", "hier",
-         lambda n, counts, chunk_count, groups=None, **_:
-         hier_reducescatter(groups or _hier_groups(n), counts, chunk_count))
+         lambda n, counts, chunk_count, groups=None, **_: _hier_or_flat(
+             "hier", groups, n, lambda g: hier_reducescatter(g, counts, chunk_count),
+             lambda: ring_reducescatter(counts, chunk_count)))
