@@ -1,5 +1,6 @@
-"""Every allreduce algorithm (hier/hier_leader with their default host groups of two
-consecutive ranks), forced with COLLX_ALGO, on real processes over shm and tcp:
+"""Every allreduce algorithm (hier/hier_leader on one host: the flat ring; real host groups
+are exercised by test_emulated_hosts and test_netns), forced with COLLX_ALGO, on real
+processes over shm and tcp:
 the schedules the simulator proves must also hold on the real executor and transports."""
 import pytest
 
@@ -11,7 +12,8 @@ CASES = [("ring", 3, "shm"), ("pair", 2, "shm"), ("pair", 2, "tcp"), ("tree", 2,
          ("tree", 5, "shm"), ("tree", 3, "tcp"), ("hd", 2, "shm"), ("hd", 5, "shm"),
          ("hd", 3, "tcp"), ("hd", 4, "shm"), ("dbtree", 3, "shm"), ("dbtree", 5, "shm"),
          ("dbtree", 3, "tcp"), ("hier", 4, "shm"), ("hier", 4, "tcp"), ("hier_leader", 5, "shm"),
-         ("star", 3, "shm"), ("star", 4, "tcp")]
+         ("star", 3, "shm"), ("star", 4, "tcp"), ("rd", 5, "shm"), ("rd", 4, "shm"),
+         ("rd", 3, "tcp")]
 
 
 @pytest.mark.parametrize("algo,np_,transport", CASES)

@@ -207,3 +207,7 @@ register("reducescatter", "hier",
          lambda n, counts, chunk_count, groups=None, **_: _hier_or_flat(
              "hier", groups, n, lambda g: hier_reducescatter(g, counts, chunk_count),
              lambda: ring_reducescatter(counts, chunk_count)))
+
+from .rd import rd_allreduce  # noqa: E402
+
+register("allreduce", "rd", lambda n, count, **_: rd_allreduce(n, count))
