@@ -112,3 +112,27 @@ def test_star_servers_bad_args():
         star_servers_allreduce(2, 0, 4)
     with pytest.raises(ValueError):
         build_schedule("allreduce", 2, count=4, algo="star", servers=-1)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, database=None)
+@given(w=st.integers(1, 32), k=st.integers(1, 8), count=st.integers(0, 300),
+       chunk=st.sampled_from([0, 1, 7, 64]), seed=st.integers(0, 1000))
+def test_star_servers_property(w, k, count, chunk, seed):
+    """Workers 1..32 (primes and 24 included by the range), any servers, counts below the
+    number of servers and uneven, any chunking: every worker gets numpy's exact integer sum
+    (each contribution counted once: worker r adds 4**r mod a prime), in and out of place."""
+    s = star_servers_allreduce(w, k, count, chunk)
+    check_hazards(s, in_place=False)
+    check_hazards(s, in_place=True)
+    rng = np.random.default_rng(seed)
+    xs = [(rng.integers(-9, 10, size=count) + pow(4, r, 1_000_003)).astype(np.int64)
+          for r in range(w)]
+    want = np.sum(np.stack(xs), axis=0) if count else np.zeros(0, np.int64)
+    for ip in (False, True):
+        outs = simulate(s, xs + [None] * k, op="sum", in_place=ip, seed=seed)
+        for r in range(w):
+            np.testing.assert_array_equal(outs[r], want, err_msg=f"worker {r} ip {ip}")
