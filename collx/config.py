@@ -64,6 +64,12 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("COLLX_DEBUG_C", str, None, "set to print every C error with file:line as it "
          "propagates (the CX_CHECK trace)"),
     Knob("COLLX_BOOTSTRAP", str, "auto", "auto | env | mpi: where init() reads rank/size"),
+    Knob("COLLX_IFACE", str, None, "network interface (name) data connections use "
+         "(default: the one whose subnet holds the peers' addresses)"),
+    Knob("COLLX_TOPO_FILE", str, None, "load the job's topology from this JSON file instead "
+         "of detecting it (to test algorithm selection for machines one does not have)"),
+    Knob("COLLX_TOPO_DUMP", str, None, "rank 0 writes the job's topology (JSON, loadable by "
+         "COLLX_TOPO_FILE) to this path"),
     # launcher (collxrun)
     Knob("COLLX_GRACE", float, 5.0, "seconds collxrun waits after SIGTERM before it "
          "SIGKILLs the ranks' process groups (collxrun --grace overrides)"),
