@@ -183,8 +183,13 @@ def test_bottleneck_terms_by_hand():
                         {"intra": SHM, "inter": GBIT}, hosts)
     assert terms["nic_out[0]"] == pytest.approx(GBIT.alpha_s + S / GBIT.beta_Bps)
     assert terms["nic_in[1]"] == pytest.approx(GBIT.alpha_s + S / GBIT.beta_Bps)
-    # rank 0 receives S/2 reduced and S/2 copied
-    assert terms["rank[0]"] == pytest.approx(S / GBIT.beta_Bps + GBIT.gamma_s_per_B * S / 2)
+    # rank 0 receives S/2 reduced and S/2 copied: two messages, each with its overhead
+    assert terms["rank[0]"] == pytest.approx(2 * GBIT.alpha_s + S / GBIT.beta_Bps
+                                             + GBIT.gamma_s_per_B * S / 2)
+    explicit = LinkParams(GBIT.alpha_s, GBIT.beta_Bps, GBIT.gamma_s_per_B, overhead_s=0.0)
+    t0 = bottlenecks(ring_allreduce(2, count), 4, host_link_class(hosts),
+                     {"intra": SHM, "inter": explicit}, hosts)
+    assert t0["rank[0]"] == pytest.approx(S / GBIT.beta_Bps + GBIT.gamma_s_per_B * S / 2)
     # a shared memory system: every intra-host byte once, at shared_Bps
     mem = LinkParams(1e-6, 8e9, 0.0, shared_Bps=4e9)
     t = bottlenecks(ring_allreduce(4, count), 4, lambda a, b: "m", {"m": mem}, [0] * 4)
@@ -213,3 +218,15 @@ def test_load_params_reads_calibration_json(tmp_path):
     assert got["tcp"].gamma_s_per_B == 0.0
     links = Links(got, hosts=(0, 0, 1, 1), intra="shm", inter="tcp")
     assert algos_cost(ring_allreduce(4, 1 << 16), links) > 0
+
+
+def test_per_message_overhead_counts_messages():
+    """At 8 B on one host the receiver's per-message overhead ranks recursive doubling
+    (log2 n receives per rank) ahead of the co-located star (2 (n - 1) receives)."""
+    from collx.algos.rd import rd_allreduce
+    from collx.algos.star import star_allreduce
+    hosts = [0] * 8
+    p = {"link": LinkParams(2e-6, 4e9)}
+    rd = predict(rd_allreduce(8, 2), 4, ONE, p, hosts=hosts)
+    star = predict(star_allreduce(8, 2), 4, ONE, p, hosts=hosts)
+    assert rd < star

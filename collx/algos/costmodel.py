@@ -31,9 +31,11 @@ computes lower bounds that shared resources put on the whole collective, and ret
     share that aggregate bandwidth: T_mem(h) = sum(bytes of those messages) / shared_Bps.
     (0, the default for intra-host classes, leaves the memory system unmodelled.)
   * Receiver, per rank: one rank's progress engine copies (and reduces) what it receives
-    one message at a time, so T_rank(r) = sum over r's receives of bytes / beta (+ gamma x
-    bytes for a RECV_REDUCE). This is what makes an incast (a star's owner, a tree's root)
-    cost its full volume.
+    one message at a time, so T_rank(r) = sum over r's receives of o + bytes / beta (+ gamma
+    x bytes for a RECV_REDUCE), o = the per-message software overhead (``overhead_s``; by
+    default alpha). This is what makes an incast (a star's owner, a tree's root) cost its
+    full volume, and many small messages cost their count (a star at 8 B: 2 (n - 1)
+    receives per rank, recursive doubling log2 n).
   * Cores, per host, only with ``cores`` given: the ranks of a host share ``cores`` CPUs,
     T_cpu(h) = sum over the ranks r of h of T_rank(r) / cores (oversubscribed hosts).
 
@@ -77,6 +79,13 @@ class LinkParams:
     beta_Bps: float
     gamma_s_per_B: float = 0.0
     shared_Bps: float = 0.0
+    # receiver CPU per message (LogGP's o); < 0: the same as alpha — on the links measured
+    # here (shm, and tcp through veth) the latency is almost all software on both ends
+    overhead_s: float = -1.0
+
+    @property
+    def overhead(self) -> float:
+        return self.alpha_s if self.overhead_s < 0 else self.overhead_s
 
     def msg_time(self, nbytes: int) -> float:
         return self.alpha_s + (nbytes / self.beta_Bps if self.beta_Bps > 0 else 0.0)
@@ -205,7 +214,7 @@ def bottlenecks(schedule: Schedule, itemsize: int, link_class: LinkClass,
                     mem[hr] = mem.get(hr, 0.0) + nbytes / p.shared_Bps
             else:
                 p = link(st.peer, r)
-                busy[r] += p.byte_time(nbytes)
+                busy[r] += p.overhead + p.byte_time(nbytes)
                 if k == Kind.RECV_REDUCE:
                     busy[r] += p.gamma_s_per_B * nbytes
     terms: dict[str, float] = {}
@@ -281,7 +290,8 @@ def cost(schedule: Schedule, links: Union[Links, LinkParams], itemsize: int = 4)
 def load_params(source: Union[str, Mapping[str, Any]]) -> dict[str, LinkParams]:
     """``{class: LinkParams}`` from perf/calibrate_links.py's JSON (a path or the parsed
     object): ``{class: {"alpha_s": .., "beta_Bps": .., "gamma_s_per_B": .., "shared_Bps": ..}}``
-    (gamma and shared optional; keys starting with "_" are metadata and skipped)."""
+    (gamma, shared and overhead_s optional; keys starting with "_" are metadata and
+    skipped)."""
     if isinstance(source, str):
         with open(source) as f:
             source = json.load(f)
@@ -291,7 +301,8 @@ def load_params(source: Union[str, Mapping[str, Any]]) -> dict[str, LinkParams]:
             continue
         out[name] = LinkParams(float(v["alpha_s"]), float(v["beta_Bps"]),
                                float(v.get("gamma_s_per_B", 0.0)),
-                               float(v.get("shared_Bps", 0.0)))
+                               float(v.get("shared_Bps", 0.0)),
+                               float(v.get("overhead_s", -1.0)))
     return out
 
 

@@ -129,7 +129,8 @@ class ProbeResult:
         return {"source": self.source, "seconds": self.seconds, "fingerprint": self.fingerprint,
                 "gamma_s_per_B": self.gamma_s_per_B,
                 "links": {c: {"alpha_s": p.alpha_s, "beta_Bps": p.beta_Bps,
-                              "gamma_s_per_B": p.gamma_s_per_B, "shared_Bps": p.shared_Bps}
+                              "gamma_s_per_B": p.gamma_s_per_B, "shared_Bps": p.shared_Bps,
+                              "overhead_s": p.overhead_s}
                           for c, p in self.links.items()},
                 "raw": self.raw}
 
@@ -333,7 +334,7 @@ def _decode(rec: np.ndarray, cls: str, pair: tuple[int, int]) -> dict[str, Any]:
 
 
 def _links(raw: dict[str, dict[str, Any]], gamma: float) -> dict[str, LinkParams]:
-    links = {c: LinkParams(p.alpha_s, p.beta_Bps, gamma, p.shared_Bps)
+    links = {c: LinkParams(p.alpha_s, p.beta_Bps, gamma, p.shared_Bps, p.overhead_s)
              for c, p in default_links().items()}
     for c, r in raw.items():
         links[c] = LinkParams(r["alpha_s"], r["beta_Bps"], gamma)
