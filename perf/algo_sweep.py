@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=1.0, help="collx-bench --budget per size")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--timeout", type=float, default=900.0, help="per launch, seconds")
+    p.add_argument("--append", action="store_true",
+                   help="add to existing result files (another round: perf/algo_table.py takes "
+                        "the median of all records of a point)")
     p.add_argument("--out", default=None, help="directory (default perf/results/<date>/algos)")
     args = p.parse_args(argv)
     if args.netns:
@@ -100,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     for op in args.ops.split(","):
         for algo in algos_for(op, n, servers, wanted):
             out = out_dir / f"{tag}-{op}-{algo}.jsonl"
-            out.unlink(missing_ok=True)
+            if not args.append:
+                out.unlink(missing_ok=True)
             t0 = time.monotonic()
             rc = launch(args, op, algo, out)
             failures += rc != 0

@@ -160,6 +160,9 @@ def main(argv=None) -> int:
     ap.add_argument("--noise", type=float, default=0.03,
                     help="measured times within this fraction of the fastest count as "
                          "equally fast (default 0.03)")
+    ap.add_argument("--replicas", action="store_true",
+                    help="widen the noise of a row to the spread between names that build "
+                         "the same schedule in that row (the run's measured resolution)")
     ap.add_argument("--near", type=float, default=0.10,
                     help="also report how often the pick's measured time is within this "
                          "fraction of the fastest (default 0.10)")
@@ -173,6 +176,7 @@ def main(argv=None) -> int:
         print("no usable records", file=sys.stderr)
         return 1
     points = hits = near = strict = 0
+    noise_max = 0.0
     misses: list[str] = []
     out: list[str] = []
     for (cluster, op, n), by_size in data.items():
@@ -201,6 +205,7 @@ def main(argv=None) -> int:
             bw = {al: statistics.median(r.get("busbw_GBps", 0.0) for r in recs)
                   for al, recs in per.items()}
             pred: dict[str, float] = {}
+            same: dict[int, list[str]] = {}
             for al in per:
                 rec = per[al][0]
                 isz = np.dtype(rec.get("dtype", "float32")).itemsize
@@ -208,9 +213,17 @@ def main(argv=None) -> int:
                     s = build(op, n, nbytes, isz, al, groups, servers, a.chunk_bytes)
                     pred[al] = predict(s, isz, cls, params, hosts=hosts,
                                        cores=a.cores) * 1e6
+                    same.setdefault(hash((repr(s.steps), tuple(s.scratch_counts))),
+                                    []).append(al)
                 except (ValueError, KeyError) as exc:
                     why[al] = str(exc).splitlines()[0][:80]
             fastest = min(meas, key=meas.get)
+            # the run's own resolution: names that build the very same schedule (e.g. hier
+            # on one host = ring, tree = binomial) measured apart by this much
+            spread = max((max(meas[x] for x in g) / min(meas[x] for x in g) - 1
+                          for g in same.values() if len(g) > 1), default=0.0)
+            noise = max(a.noise, spread) if a.replicas else a.noise
+            noise_max = max(noise_max, noise)
             pick = min(pred, key=pred.get) if pred else None
             ties = [al for al in pred if al != pick and pred[al] <= pred[pick] * (1 + 1e-9)] \
                 if pick else []
@@ -228,13 +241,14 @@ def main(argv=None) -> int:
                 cells.append(f"{m} · {p}")
             points += 1
             # measured within the noise of one run: not distinguishable from the fastest
-            equal = {al for al in meas if meas[al] <= meas[fastest] * (1 + a.noise)}
+            equal = {al for al in meas if meas[al] <= meas[fastest] * (1 + noise)}
             strict += pick == fastest and not ties
             hit = pick is not None and bool(equal & {pick, *ties})
             hits += hit
             if pick is not None and meas[pick] <= meas[fastest] * (1 + a.near):
                 near += 1
-            mark = "hit" if hit else "miss"
+            mark = ("hit" if hit else "miss") + (f" (±{noise * 100:.0f}%)" if noise > a.noise
+                                                  else "")
             out.append(f"| {fmt_b(nbytes)} | " + " | ".join(cells)
                        + f" | {fastest} | {pick or 'n/a'}"
                        + (f" (tie: {', '.join(ties)})" if ties else "") + f" | {mark} |")
@@ -258,8 +272,11 @@ def main(argv=None) -> int:
     rate = hits / points if points else 0.0
     out.append(f"**Model's first choice is the measured fastest at {hits} of {points} points "
                f"({rate * 100:.0f}%)** (hit: the model's pick, or an algorithm it predicts "
-               f"exactly as fast, measured within {a.noise * 100:.0f}% of the fastest — "
-               f"closer than that one run does not separate; strictly unique and fastest: "
+               f"exactly as fast, measured within {a.noise * 100:.0f}% of the fastest"
+               + (f" — or within the row's replica spread (±N%: the same schedule under two "
+                  f"names measured that far apart; up to {noise_max * 100:.0f}%)"
+                  if a.replicas else "")
+               + f" — closer than that one run does not separate; strictly unique and fastest: "
                f"{strict} of {points}); the pick's measured time within "
                f"{a.near * 100:.0f}% of the fastest at {near} of {points} "
                f"({near / points * 100:.0f}%).")
