@@ -3,6 +3,8 @@ would do here: version, transports, topology, link parameters and the algorithm 
 per op and size.
 
     collx info                       this process's machine (one rank; --np N pretends N)
+    collxrun -np 4 collx info        inside a job: the job's real hosts, transports and
+                                     probed links (rank 0 prints)
     collx info --topo FILE           a saved topology (COLLX_TOPO_DUMP, tests/fixtures/topo)
     collx info --links FILE          link parameters from perf/calibrate_links.py's JSON
 
@@ -165,9 +167,53 @@ def local_topology(np: int = 1) -> Topology:
     return Topology.from_rank_records([record] * np)
 
 
+def in_job() -> bool:
+    """Started by a launcher (collxrun, python -m collx.runner.netns, mpirun)?"""
+    import os
+    from .runtime.bootstrap import _MPI_RANK_VARS
+    return os.environ.get("COLLX_RANK") is not None or any(
+        os.environ.get(v) is not None for v in _MPI_RANK_VARS)
+
+
+def _info_in_job(args: argparse.Namespace) -> int:
+    """Every rank joins the job, the ranks gather their topology and probe their links
+    (both collective), rank 0 prints the report for the job as it really is."""
+    import collx
+    from . import config
+    from .topo.exchange import gather_topology
+    from .topo.probe import probe_links
+    collx.init()
+    try:
+        comm = collx.communicator()
+        rank, size = comm.rank, comm.size
+        if size > 1:
+            topology = gather_topology(comm.store, "collx/info", rank, size)
+        else:
+            topology = local_topology(1)
+        probe = probe_links(comm.ccomm, rank, size, topology)
+        tune_path = args.tune or config.get("COLLX_TUNE_FILE")
+        selector = Selector(topology, probe.links, servers=comm.servers, world_size=size,
+                            spec=parse_algo_spec(config.get("COLLX_ALGO")),
+                            tune=load_tune(tune_path) if tune_path else None,
+                            chunk_bytes=config.get("COLLX_CHUNK_BYTES"))
+        if rank == 0:
+            used = sorted(set(comm.transports.values())) or ["local"]
+            source = (f"{probe.source} at init in {probe.seconds * 1e3:.1f} ms"
+                      if probe.source != "defaults" else "built-in defaults (COLLX_PROBE=0 "
+                      "or a one-rank job)")
+            sys.stdout.write(render_info(topology, probe.links, selector, source,
+                                         transports=used))
+            sys.stdout.flush()
+    finally:
+        collx.shutdown()
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from . import config
     configure_logging()                 # COLLX_LOG=debug: every decision with its reason
+    if not args.topo and args.np is None and not args.links and in_job():
+        return _info_in_job(args)
     if args.topo:
         topology = Topology.load(args.topo)
         if args.np is not None:
