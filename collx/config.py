@@ -50,11 +50,11 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
     Knob("COLLX_HOST_ADDR", str, None, "address peers reach this rank's data listener on "
          "(default: the local address of the route to the store)"),
     Knob("COLLX_CHUNK_BYTES", int, 1 << 20, "pipelining chunk of ring schedules, bytes"),
-    Knob("COLLX_PAIR_MAX_BYTES", int, 16384, "two-rank allreduces up to this size use the "
-         "one-round pair exchange instead of the ring"),
     Knob("COLLX_ALGO", str, None, "force algorithms: one name (every op that has it; the "
          "others keep their default) or 'op:name,op:name' (e.g. allreduce:ring,"
-         "broadcast:binomial); names as in collx.algos.registry.ALGORITHMS"),
+         "broadcast:binomial), with optional byte ranges 'allreduce:tree:0-64K,hd:64K-4M,"
+         "ring:4M-'; names as in collx.algos.registry.ALGORITHMS; unforced cases are chosen "
+         "by collx.topo (cost model, tune table)"),
     Knob("COLLX_SPIN", int, None, "idle passes a waiting rank spins before yielding its core "
          "(default: 4096, or 0 when this host runs more ranks than it has cores)"),
     Knob("COLLX_SHM_EAGER_BYTES", int, 16384, "messages up to this size are copied through "
@@ -70,6 +70,14 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
          "of detecting it (to test algorithm selection for machines one does not have)"),
     Knob("COLLX_TOPO_DUMP", str, None, "rank 0 writes the job's topology (JSON, loadable by "
          "COLLX_TOPO_FILE) to this path"),
+    Knob("COLLX_PROBE", bool, True, "measure latency and bandwidth per link class at init "
+         "(<= 200 ms, cached on disk per topology); 0: use the built-in defaults"),
+    Knob("COLLX_PROBE_CACHE", str, None, "directory of the probe cache (default "
+         "$XDG_CACHE_HOME/collx or ~/.cache/collx)"),
+    Knob("COLLX_TUNE_FILE", str, None, "table written by collx-bench --tune; selection "
+         "prefers its measurements over the cost model where it has data"),
+    Knob("COLLX_LOG", str, "warning", "debug | info | warning: debug logs every algorithm "
+         "decision with its reason"),
     # launcher (collxrun)
     Knob("COLLX_GRACE", float, 5.0, "seconds collxrun waits after SIGTERM before it "
          "SIGKILLs the ranks' process groups (collxrun --grace overrides)"),

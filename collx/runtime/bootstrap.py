@@ -183,7 +183,32 @@ def init_communicator(timeout: float | None = None) -> Communicator:
     comm.cross_rank = _override("COLLX_CROSS_RANK", cr)
     comm.cross_size = _override("COLLX_CROSS_SIZE", cs)
     comm.ccomm.set_spin(spin_for(all_records, rank))
+    attach_selection(comm, store, f"collx/g{generation}", timeout)
     return comm
+
+
+def attach_selection(comm: Communicator, store: Any, prefix: str, timeout: float) -> None:
+    """collx/topo for this job, collectively on every worker right after the mesh is up
+    (before any collective): the Topology (gathered through the store, or COLLX_TOPO_FILE),
+    the link parameters (probed, from the probe cache, or defaults: COLLX_PROBE=0, or a
+    topology from a file, which describes machines this one is not), and the Selector."""
+    from ..topo.exchange import topology_from_env_or_detect
+    from ..topo.probe import ProbeResult, default_links, probe_links
+    from ..topo.select import Selector, configure_logging, load_tune
+    configure_logging()
+    comm.topology = topology_from_env_or_detect(store, prefix, comm.rank, comm.size, timeout)
+    if config.get("COLLX_TOPO_FILE"):
+        comm.probe = ProbeResult(default_links(), "defaults", 0.0)
+    else:
+        comm.probe = probe_links(comm.ccomm, comm.rank, comm.size, comm.topology,
+                                 timeout=min(timeout, 10.0))
+    tune = config.get("COLLX_TUNE_FILE")
+    # cores=0: no CPU term — on this project's 2-core machines it made the model rank worse
+    # (perf/RESULTS.md, "Algorithm family")
+    comm.selector = Selector(comm.topology, comm.probe.links, servers=comm.servers,
+                             spec=comm.spec, tune=load_tune(tune) if tune else None,
+                             chunk_bytes=config.get("COLLX_CHUNK_BYTES"), cores=0,
+                             world_size=comm.size)
 
 
 def _server_store(timeout: float) -> Any:

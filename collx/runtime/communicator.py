@@ -14,43 +14,19 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import _C, config
-from ..errors import CollxError, InvalidUsage, MismatchError
+from ..errors import CollxError, MismatchError
 from ..algos.ir import Schedule
 from ..algos.pack import pack_rank
+from ..topo.select import parse_algo_spec
 
 MAX_PLANS = 512
 
 
 def parse_forced_algo(text: str | None) -> dict[str, str]:
-    """COLLX_ALGO -> {op: algorithm name}. ``text`` is one name (every op that registers it)
-    or a comma list of ``op:name`` (bare names may be mixed in; later entries win). Names
-    are checked against collx.algos.registry.ALGORITHMS as it is now; a bad op or name is
-    InvalidUsage naming the knob, the entry and what is known."""
-    from ..algos.registry import ALGORITHMS
-    forced: dict[str, str] = {}
-    if not text or not text.strip():
-        return forced
-    known = "; ".join(f"{op}: {', '.join(sorted(names))}" for op, names in ALGORITHMS.items())
-    for entry in (e.strip() for e in text.split(",")):
-        if not entry:
-            continue
-        op, sep, name = (s.strip() for s in entry.partition(":"))
-        if not sep:
-            name = op
-            ops = [o for o, names in ALGORITHMS.items() if name in names]
-            if not ops:
-                raise InvalidUsage(f"COLLX_ALGO={text!r}: entry {entry!r} is no algorithm of "
-                                   f"any op; known: {known}")
-            forced.update((o, name) for o in ops)
-            continue
-        if op not in ALGORITHMS:
-            raise InvalidUsage(f"COLLX_ALGO={text!r}: entry {entry!r} names unknown op {op!r}; "
-                               f"known: {known}")
-        if name not in ALGORITHMS[op]:
-            raise InvalidUsage(f"COLLX_ALGO={text!r}: entry {entry!r}: {op} has no algorithm "
-                               f"{name!r}; known: {known}")
-        forced[op] = name
-    return forced
+    """COLLX_ALGO -> {op: algorithm} for the entries that cover every size (a view of
+    collx.topo.select.parse_algo_spec, which also takes size ranges and validates)."""
+    spec = parse_algo_spec(text)
+    return {e.op: e.name for e in spec.entries if e.lo == 0 and e.hi is None}
 
 
 @dataclass
@@ -106,18 +82,28 @@ class Communicator:
     servers: int = 0
     # worker ranks of each host (first-seen host order); None = unknown (single process)
     host_groups: Any = None
+    # the job as collx/topo sees it (set by bootstrap): Topology, ProbeResult, Selector;
+    # None: no selection (ops use the registry defaults and COLLX_ALGO only)
+    topology: Any = None
+    probe: Any = None
+    selector: Any = None
     _plans: "OrderedDict[tuple, Plan]" = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.pair_max_bytes = config.get("COLLX_PAIR_MAX_BYTES")
-        # op -> algorithm name forced by COLLX_ALGO (parsed and validated once, here)
-        self.forced_algo: dict[str, str] = parse_forced_algo(config.get("COLLX_ALGO"))
+        # COLLX_ALGO, parsed and validated once, here (collx.topo.select.parse_algo_spec:
+        # one name, op:name entries, size ranges op:name:lo-hi)
+        self.spec = parse_algo_spec(config.get("COLLX_ALGO"))
         self.forced_ok: set[tuple] = set()      # (op, algo, root) a forced algo was checked for
         self._fast_keys: set[tuple] = set()
         if self.ccomm is None:
             self.ccomm = _C.Comm(self.rank, self.size + self.servers)
         self.ccomm.set_timeout(float(self.timeout))
+
+    @property
+    def forced_algo(self) -> dict[str, str]:
+        """op -> algorithm COLLX_ALGO forces for every size."""
+        return {e.op: e.name for e in self.spec.entries if e.lo == 0 and e.hi is None}
 
     def transport_name(self) -> str:
         kinds = sorted(set(self.transports.values()))

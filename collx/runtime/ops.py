@@ -16,8 +16,9 @@ import numpy as np
 
 from .. import _C
 from ..algos.ir import Schedule
-from ..algos.registry import DEFAULT, build_schedule, even_split
+from ..algos.registry import ALGORITHMS, DEFAULT, build_schedule, even_split
 from ..errors import InvalidUsage, MismatchError
+from ..topo.select import case_bytes
 from .buffers import BYTE_CODE, as_array, check_out, dtype_code, reduce_code
 from . import servers
 from .communicator import Communicator
@@ -93,11 +94,30 @@ def _signature(arr: np.ndarray) -> int:
 
 # ---------------------------------------------------------------- algorithm choice --------
 
-def _choose(comm: Communicator, op: str, default: str | None = None) -> str:
-    """Algorithm of ``op``'s main plan: the one COLLX_ALGO forces (comm.forced_algo, parsed
-    once at init), else ``default`` (None: the registry's DEFAULT[op]). One dict lookup; the
+def _choose(comm: Communicator, op: str, default: str | None = None, *, itemsize: int = 1,
+            count: int = 0, counts: Any = None, root: int = 0) -> str:
+    """Algorithm of ``op``'s main plan for this case (sizes as build_schedule takes them):
+    the one COLLX_ALGO forces for this size (comm.spec, parsed once at init; a forced name
+    that cannot serve the case is refused by _build, never silently replaced), else
+    ``default`` when the caller has a rule of its own, else collx.topo's Selector (cost
+    model on the job's topology and probed links, tune table; one cached decision per case,
+    logged with its reason under COLLX_LOG=debug), else the registry's DEFAULT[op]. The
     name goes into the plan key so different algorithms never share a cached plan."""
-    return comm.forced_algo.get(op) or default or DEFAULT[op]
+    if comm.spec:
+        nbytes, _ = case_bytes(op, comm.size, itemsize, count, counts, None)
+        forced = comm.spec.forced(op, nbytes)
+        if forced:
+            return forced
+    if default is not None:
+        return default
+    sel = comm.selector
+    if sel is None or len(ALGORITHMS[op]) == 1:
+        return DEFAULT[op]
+    return sel.choose(op, itemsize=itemsize, count=count, counts=counts, root=root).algo
+
+
+def _forced(comm: Communicator, op: str, algo: str) -> bool:
+    return any(e.op == op and e.name == algo for e in comm.spec.entries)
 
 
 def _build(comm: Communicator, op: str, algo: str, **kw: Any) -> Schedule:
@@ -109,7 +129,7 @@ def _build(comm: Communicator, op: str, algo: str, **kw: Any) -> Schedule:
     except InvalidUsage:
         raise
     except ValueError as exc:
-        if comm.forced_algo.get(op) != algo:
+        if not _forced(comm, op, algo):
             raise
         raise InvalidUsage(f"collx.{op}: algorithm {algo} (forced by COLLX_ALGO) does not "
                            f"support {exc}") from None
@@ -121,7 +141,7 @@ def _precheck(comm: Communicator, op: str, algo: str, root: int = 0) -> None:
     dummy sizes now, so that an algorithm that cannot serve this job at all is refused
     before anything is sent. (A forced algorithm refusing only particular sizes still
     raises inside the job, on every rank alike, after the metadata exchange.)"""
-    if op not in comm.forced_algo or (op, algo, root) in comm.forced_ok:
+    if op not in comm.spec.ops() or (op, algo, root) in comm.forced_ok:
         return
     n = comm.size
     _build(comm, op, algo, counts=[1] * n, send_counts=[[1] * n for _ in range(n)], root=root)
@@ -138,12 +158,9 @@ def prepare_allreduce(comm: Communicator, x: Any, op: int, out: Any, timeout: fl
     code = reduce_code(arr, name)
     res = check_out(out, name, arr.shape, arr.dtype)
     count = arr.size
-    # Until topology-driven selection (collx/topo) exists: a job with dedicated servers uses
-    # them (star); else two ranks and a latency-bound size take the one-round pair exchange,
-    # everything else the pipelined ring.
-    algo = _choose(comm, "allreduce",
-                   "star" if comm.servers else
-                   "pair" if comm.size == 2 and arr.nbytes <= comm.pair_max_bytes else "ring")
+    # a job with dedicated servers uses them (star); else collx/topo's selection
+    algo = _choose(comm, "allreduce", "star" if comm.servers else None,
+                   itemsize=arr.itemsize, count=count)
     chunk = comm.chunk_count(arr.itemsize)
     if algo == "star" and comm.servers:
         chunk = min(chunk, max(1, SERVER_CHUNK_BYTES // arr.itemsize))
@@ -178,7 +195,7 @@ def prepare_broadcast(comm: Communicator, x: Any, root: int, out: Any, timeout: 
     res = check_out(out, name, arr.shape, arr.dtype)
     code, isz = _move_code(arr)
     count = _elems(arr, isz)
-    algo = _choose(comm, "broadcast")
+    algo = _choose(comm, "broadcast", itemsize=isz, count=count, root=root)
     plan = comm.plan(("broadcast", count, root, algo), isz,
                      lambda: _build(comm, "broadcast", algo, count=count, root=root,
                                     chunk_count=comm.chunk_count(isz)))
@@ -228,8 +245,9 @@ def prepare_allgather(comm: Communicator, x: Any, out: Any, timeout: float | Non
             raise InvalidUsage(f"collx.{name}: out has shape {given.shape} and dtype "
                                f"{given.dtype}; this call needs shape (sum of every rank's "
                                f"rows,) + {arr.shape[1:]} and dtype {arr.dtype}")
-    algo = _choose(comm, "allgather")
-    _precheck(comm, "allgather", algo)
+    forced = comm.spec.forced("allgather", 0) if comm.spec else None
+    if forced:
+        _precheck(comm, "allgather", forced)
 
     def job() -> np.ndarray:
         rows = _exchange_rows(comm, arr, timeout, name) if comm.size > 1 else [arr.shape[0]]
@@ -237,6 +255,8 @@ def prepare_allgather(comm: Communicator, x: Any, out: Any, timeout: float | Non
         bad_rows = given is not None and given.shape != shape
         res = given if given is not None and not bad_rows else np.empty(shape, arr.dtype)
         counts = [r * row for r in rows]
+        # chosen after the exchange: every rank knows the same counts, so chooses alike
+        algo = _choose(comm, "allgather", itemsize=isz, counts=counts)
         # built after the metadata exchange: a forced algorithm refusing these sizes raises
         # InvalidUsage here, inside the job (on every rank alike); see _precheck
         plan = comm.plan(("allgather", tuple(counts), algo), isz,
@@ -287,7 +307,7 @@ def prepare_reducescatter(comm: Communicator, x: Any, op: int, timeout: float | 
     row = _row_elems(arr)
     counts = [r * row for r in rows]
     res = np.empty((rows[comm.rank],) + arr.shape[1:], arr.dtype)
-    algo = _choose(comm, "reducescatter")
+    algo = _choose(comm, "reducescatter", itemsize=arr.itemsize, counts=counts)
     plan = comm.plan(("reducescatter", tuple(counts), algo), arr.itemsize,
                      lambda: _build(comm, "reducescatter", algo, counts=counts,
                                     chunk_count=comm.chunk_count(arr.itemsize)))
@@ -307,7 +327,7 @@ def prepare_reduce(comm: Communicator, x: Any, root: int, op: int, out: Any,
     code = reduce_code(arr, name)
     res = check_out(out, name, arr.shape, arr.dtype) if comm.rank == root else None
     count = arr.size
-    algo = _choose(comm, "reduce")
+    algo = _choose(comm, "reduce", itemsize=arr.itemsize, count=count, root=root)
     plan = comm.plan(("reduce", count, root, algo), arr.itemsize,
                      lambda: _build(comm, "reduce", algo, count=count, root=root))
 

@@ -53,7 +53,7 @@ from .topology import Topology
 
 __all__ = ["AlgoSpec", "SpecEntry", "parse_algo_spec", "Decision", "Selector", "TuneTable",
            "load_tune", "default_links", "configure_logging", "format_bytes", "format_time",
-           "TIE", "EXPLAIN_OPS", "EXPLAIN_SIZES", "LOG"]
+           "TIE", "EXPLAIN_OPS", "EXPLAIN_SIZES", "LOG", "case_bytes"]
 
 LOG = logging.getLogger("collx.topo")
 
@@ -446,7 +446,7 @@ class Selector:
         for uneven per-rank counts, the counts themselves."""
         if op not in ALGORITHMS:
             raise InvalidUsage(f"Selector.choose: unknown op {op!r}; ops are {', '.join(OPS)}")
-        nbytes, shape = _case_bytes(op, self.n, itemsize, count, counts, send_counts)
+        nbytes, shape = case_bytes(op, self.n, itemsize, count, counts, send_counts)
         root = root if op in _ROOTED else 0
         key = (op, nbytes, self.n, root, bool(in_place), shape)
         d = self._cache.get(key)
@@ -572,8 +572,8 @@ def _even_case(op: str, n: int, nbytes: int, itemsize: int) -> dict[str, Any]:
     return {}
 
 
-def _case_bytes(op: str, n: int, itemsize: int, count: int, counts, send_counts
-                ) -> tuple[int, Any]:
+def case_bytes(op: str, n: int, itemsize: int, count: int, counts, send_counts
+               ) -> tuple[int, Any]:
     """(bytes of the case, what else distinguishes it). Bytes: the buffer every rank holds
     (allreduce/broadcast/reduce), the whole gathered/scattered buffer (allgather,
     reducescatter, gather, scatter), a rank's average send buffer (alltoall)."""

@@ -1,7 +1,8 @@
 """Link probe on real ranks: argv[1] maps rank -> emulated host name ("a,b,a"; "-" = the
-real host for every rank). Calls collx.init(), gathers the topology, runs
-collx.topo.probe.probe_links, checks the communicator still runs an exact allreduce
-afterwards, and prints ``PROBE <json>`` then ``OK {...}``."""
+real host for every rank). collx.init() gathers the topology and runs
+collx.topo.probe.probe_links (the communicator keeps both); the worker prints that result
+as ``PROBE <json>``, checks the communicator still runs an exact allreduce afterwards, and
+prints ``OK {...}``."""
 import os
 import sys
 
@@ -14,13 +15,9 @@ import numpy as np  # noqa: E402
 import worker  # noqa: E402
 
 collx = worker.start()
-from collx.topo.exchange import gather_topology  # noqa: E402
-from collx.topo.probe import probe_links  # noqa: E402
-
 r, n = collx.rank(), collx.size()
 comm = collx.communicator()
-topo = gather_topology(comm.store, "collx/probe-test", r, n)
-res = probe_links(comm.ccomm, r, n, topo)
+topo, res = comm.topology, comm.probe
 worker.say("PROBE " + res.to_json())
 check = worker.Checker(r)
 x = np.arange(1000, dtype=np.float32) + r
