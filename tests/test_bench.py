@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from collx.bench import measure as m
+from tests.mp.launch import clean_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -128,3 +129,32 @@ def test_np2_tcp_memory_and_table_on_stdout(tmp_path: Path) -> None:
     assert "transport tcp" in res.stdout
     (rec,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert rec["peer"] == "collx-tcp" and rec["wrong"] == 0 and rec["extra_rss_MiB"] >= 0
+
+
+@pytest.mark.timeout(200)
+def test_tune_writes_a_table_selection_then_uses(tmp_path):
+    """collx-bench --tune --tune-check on 2 ranks: every algorithm timed, a table written,
+    auto then picks the table's fastest (ratios printed), and a new job started with
+    COLLX_TUNE_FILE chooses from the table (COLLX_LOG=debug says "tuned")."""
+    import json as _json
+    table = tmp_path / "tune.json"
+    cmd = [sys.executable, "-m", "collx.runner", "-np", "2", "--no-prefix", "--timeout", "150",
+           sys.executable, "-m", "collx.bench", "allreduce,broadcast", "--sizes", "8,64K",
+           "--tune", str(table), "--tune-check", "--budget", "0.1", "-w", "1"]
+    res = subprocess.run(cmd, env=clean_env(), cwd=str(REPO), capture_output=True, text=True,
+                         timeout=180)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    data = _json.loads(table.read_text())
+    algos = {(e["op"], e["algo"]) for e in data["entries"]}
+    assert {("allreduce", a) for a in ("ring", "pair", "rd", "tree", "hd")} <= algos
+    assert {("broadcast", a) for a in ("binomial", "tree", "dbtree")} <= algos
+    assert all(e["np"] == 2 and e["hosts"] == 1 and e["us"] > 0 for e in data["entries"])
+    assert "worst auto/best" in res.stdout + res.stderr
+    code = ("import collx, numpy as np\ncollx.init()\n"
+            "collx.allreduce(np.ones(16384, np.float32))\ncollx.shutdown()\n")
+    res2 = subprocess.run([sys.executable, "-m", "collx.runner", "-np", "2", "--timeout", "60",
+                           sys.executable, "-c", code],
+                          env=clean_env(COLLX_TUNE_FILE=str(table), COLLX_LOG="debug"),
+                          cwd=str(REPO), capture_output=True, text=True, timeout=90)
+    assert res2.returncode == 0, res2.stderr[-3000:]
+    assert "tuned: measured fastest at 64 KiB" in res2.stdout + res2.stderr, res2.stderr[-3000:]

@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="calls timed one by one for p50/p99 (default: -n, else ~budget/3)")
     t.add_argument("--no-inplace", action="store_true",
                    help="skip the in-place variant of allreduce and broadcast")
+    p.add_argument("--tune", nargs="?", const="", default=None, metavar="FILE",
+                   help="time every algorithm of every op and size and write the tune table "
+                        "selection prefers (FILE, else COLLX_TUNE_FILE, else collx-tune.json)")
+    p.add_argument("--tune-check", action="store_true",
+                   help="with --tune: then time auto selection (using the new table) and "
+                        "report auto / fastest forced per op and size")
     p.add_argument("--algo", default=None, metavar="NAME|op:name,...",
                    help="force algorithms for this run (sets COLLX_ALGO): one name for every "
                         "op that has it, or op:name pairs; the 'algo' column shows what ran")
@@ -97,6 +103,9 @@ def last_algo(comm: Any, op: str | None = None, before: Any = ()) -> str:
     build; call right after the op under test). With ``op``: the newest plan of that op,
     preferring one not in ``before`` (the plan keys that existed before the case ran), so
     that the bench's own helper collectives (barrier, allreduce of timings) don't count."""
+    last = getattr(comm, "last_plan", None)
+    if op is not None and last is not None and last.key and last.key[0] == op:
+        return str(last.algo)          # the plan the op's last Python-path call executed
     plans = getattr(comm, "_plans", None)
     if not plans:
         return "?"
@@ -168,9 +177,12 @@ class Bench:
             first, steady = self.allmax([first, steady])
             extra.update(extra_rss_MiB=round(first, 2), extra_rss_steady_MiB=round(steady, 2),
                          rss_method=how)
-        wrong = self.allsum(case.check()) if a.check else None
-        case.run()
+        # the case's first call: its plan is the comm's last_plan until the bench's own
+        # helper collectives (allsum, barrier) run
+        checked = case.check() if a.check else case.run()
         algo = last_algo(self.comm, op, before)
+        wrong = self.allsum(checked) if a.check else None
+        case.run()
         med, lo, hi, iters, nb = self.timed(case.run)
         calls = a.pct_calls or a.iters or m.pct_calls(med, a.budget)
         per_call = m.per_call_times(case.run, self.barrier, self.allmax, calls)
@@ -197,6 +209,17 @@ class Bench:
             rec["error"] = f"wrong result: {bad} elements"
         return row, rec
 
+    def emit_record(self, rec: dict) -> None:
+        """Rank 0: the JSON line on stdout (--json) and appended to --out."""
+        if self.rank != 0:
+            return
+        line = json.dumps(rec)
+        if self.a.json:
+            print(line, flush=True)
+        if self.a.out:
+            with open(self.a.out, "a") as f:
+                f.write(line + "\n")
+
     def run(self, ops: list[str], sizes: list[int]) -> int:
         a = self.a
         timing = (f"fixed: 1 untimed + {a.warmup_iters} warm-up calls, then {a.iters} timed "
@@ -213,13 +236,7 @@ class Bench:
                 row, rec = self.one(op, size)
                 rows.append(row)
                 self.say(format_row(row))
-                if self.rank == 0:
-                    line = json.dumps(rec)
-                    if a.json:
-                        print(line, flush=True)
-                    if a.out:
-                        with open(a.out, "a") as f:
-                            f.write(line + "\n")
+                self.emit_record(rec)
         self.say(footer(rows))
         wrong = sum((r.oop.wrong or 0) + ((r.inplace.wrong or 0) if r.inplace else 0)
                     for r in rows)
@@ -241,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(a)
     if not 0 <= a.root < bench.n:
         parser.error(f"-r/--root {a.root} is not a rank (0..{bench.n - 1})")
+    if a.tune is not None or a.tune_check:
+        from . import tune
+        from .. import config
+        path = a.tune or config.get("COLLX_TUNE_FILE") or "collx-tune.json"
+        return tune.tune(bench, ops, sizes, path, a.tune_check)
     return bench.run(ops, sizes)
 
 

@@ -95,7 +95,6 @@ class Communicator:
         # one name, op:name entries, size ranges op:name:lo-hi)
         self.spec = parse_algo_spec(config.get("COLLX_ALGO"))
         self.forced_ok: set[tuple] = set()      # (op, algo, root) a forced algo was checked for
-        self._fast_keys: set[tuple] = set()
         if self.ccomm is None:
             self.ccomm = _C.Comm(self.rank, self.size + self.servers)
         self.ccomm.set_timeout(float(self.timeout))
@@ -104,6 +103,13 @@ class Communicator:
     def forced_algo(self) -> dict[str, str]:
         """op -> algorithm COLLX_ALGO forces for every size."""
         return {e.op: e.name for e in self.spec.entries if e.lo == 0 and e.hi is None}
+
+    def set_spec(self, text: str | None) -> None:
+        """Replace the COLLX_ALGO spec for the rest of the job (collx-bench --tune): the C
+        fast path forgets the plans it replays, since their algorithm may change."""
+        self.spec = parse_algo_spec(text)
+        if self.ccomm is not None:
+            self.ccomm.fast_clear()
 
     def transport_name(self) -> str:
         kinds = sorted(set(self.transports.values()))
@@ -137,17 +143,18 @@ class Communicator:
 
     def register_fast(self, plan: Plan, nbytes: int, dtype: int, redop: int) -> None:
         """Let later identical allreduce calls (same bytes, dtype, op; validated here once)
-        go straight to C: collx._C.Comm.allreduce_fast."""
-        key = (nbytes, dtype, redop, plan.key)
-        if key not in self._fast_keys:
-            self._fast_keys.add(key)
-            self.ccomm.fast_register(nbytes, dtype, redop, plan.capsule,
-                                     self._fingerprint(plan, dtype, redop),
-                                     self.size if redop == _C.AVERAGE else 1)
+        go straight to C: collx._C.Comm.allreduce_fast. Registered on every call that took
+        the Python path: the C table has one slot per hash of (bytes, dtype, op), so another
+        plan (a colliding size, or another algorithm chosen for these bytes) may have taken
+        the slot since — which is exactly why this call missed the fast path."""
+        self.ccomm.fast_register(nbytes, dtype, redop, plan.capsule,
+                                 self._fingerprint(plan, dtype, redop),
+                                 self.size if redop == _C.AVERAGE else 1)
 
     def execute(self, plan: Plan, inbuf: Any, outbuf: Any, dtype: int, redop: int,
                 timeout: float | None) -> None:
         fp = self._fingerprint(plan, dtype, redop)
+        self.last_plan = plan          # what ran last (collx-bench's algo column)
         t = self.timeout if timeout is None else timeout
         # Average = Sum on the wire; the executor divides OUT by the divisor at the end on
         # every rank that holds a result (also ranks whose own steps reduced nothing).

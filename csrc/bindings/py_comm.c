@@ -190,6 +190,21 @@ static PyObject *Comm_execute(CommObject *self, PyObject *const *args, Py_ssize_
     return st == CX_OK ? Py_NewRef(Py_None) : cx_py_raise(st);
 }
 
+/* fast_clear(): forget every remembered call (the algorithm for some size may change) */
+static PyObject *Comm_fast_clear(CommObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "fast_clear while a call is running");
+        return NULL;
+    }
+    for (int i = 0; i < CX_FAST_SLOTS; i++) {
+        Py_CLEAR(self->fast[i].capsule);
+        self->fast[i].plan = NULL;
+        self->fast[i].nbytes = -1;
+    }
+    Py_RETURN_NONE;
+}
+
 /* fast_register(nbytes, dtype, redop, plan, fingerprint, divisor): remember a validated call */
 static PyObject *Comm_fast_register(CommObject *self, PyObject *args)
 {
@@ -326,6 +341,7 @@ static PyMethodDef Comm_methods[] = {
     {"execute", (PyCFunction)(void (*)(void))Comm_execute, METH_FASTCALL,
      "execute(plan, in, out, dtype, redop, average_divisor, fingerprint, timeout_s)"},
     {"close", (PyCFunction)Comm_close, METH_NOARGS, "close every connection"},
+    {"fast_clear", (PyCFunction)Comm_fast_clear, METH_NOARGS, "fast_clear()"},
     {"fast_register", (PyCFunction)Comm_fast_register, METH_VARARGS,
      "fast_register(nbytes, dtype, redop, plan, fingerprint, divisor)"},
     {"allreduce_fast", (PyCFunction)(void (*)(void))Comm_allreduce_fast, METH_FASTCALL,

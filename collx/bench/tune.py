@@ -1,0 +1,108 @@
+"""``collx-bench --tune``: measure every algorithm of every op on this job, write the tune
+table that selection prefers over the cost model (COLLX_TUNE_FILE), and check "auto never
+loses" in the same run.
+
+Steps (every rank runs the same loop, so every collective matches):
+  1. for each op and each registered algorithm that can serve this world size, force it
+     (the communicator's COLLX_ALGO spec is swapped for ``op:algo``) and time every size
+     exactly as a normal collx-bench row (same measure, same JSON record);
+  2. rank 0 writes ``{"version": 1, "entries": [{op, np, hosts, nbytes, algo, us}]}``;
+  3. with ``--tune-check``: the table is loaded into this job's Selector and every size is
+     timed once more with nothing forced ("auto"), and right after it the sweep's fastest
+     algorithm forced again (adjacent in time, so the machine's drift cancels); the report
+     gives, per (op, size), that algorithm, auto's choice and auto's time / its time.
+Sizes and ops as for a normal run; alltoall is not tuned (one algorithm serves it).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..algos.registry import ALGORITHMS, build_schedule
+
+TUNABLE = ("allreduce", "broadcast", "reduce", "allgather", "reducescatter")
+
+
+def candidates(op: str, n: int, servers: int = 0) -> list[str]:
+    """Algorithms of ``op`` that can serve ``n`` ranks at all (a tiny build succeeds)."""
+    out = []
+    for name in sorted(ALGORITHMS[op]):
+        try:
+            build_schedule(op, n, count=n, counts=[1] * n, root=0, algo=name, servers=servers)
+        except ValueError:
+            continue
+        out.append(name)
+    return out
+
+
+def _set_forced(comm: Any, text: str | None) -> None:
+    comm.set_spec(text)
+
+
+def tune(bench: Any, ops: list[str], sizes: list[int], path: str, check: bool) -> int:
+    """Run steps 1-3 (module docstring) on ``bench`` (a collx.bench.cli.Bench); returns the
+    exit code (1 when any result was wrong)."""
+    comm, n = bench.comm, bench.n
+    hosts = comm.topology.hosts_count if comm.topology is not None else 1
+    saved = comm.spec
+    entries: list[dict] = []
+    best: dict[tuple[str, int], tuple[float, str]] = {}
+    wrong = 0
+    for op in [o for o in ops if o in TUNABLE]:
+        for algo in candidates(op, n, comm.servers):
+            _set_forced(comm, f"{op}:{algo}")
+            bench.say(f"# tune: {op} forced {algo}")
+            for size in sizes:
+                row, rec = bench.one(op, size)
+                wrong += rec.get("wrong") or 0
+                bench.emit_record(rec)
+                if row.algo != algo:          # e.g. a one-level hier builds the flat ring
+                    pass
+                entries.append({"op": op, "np": n, "hosts": hosts, "nbytes": row.nbytes,
+                                "algo": algo, "us": round(row.oop.us, 3)})
+                key = (op, row.nbytes)
+                if key not in best or row.oop.us < best[key][0]:
+                    best[key] = (row.oop.us, algo)
+    _set_forced(comm, saved.text if saved else None)
+    if bench.rank == 0:
+        with open(path, "w") as f:
+            json.dump({"version": 1, "entries": entries}, f, indent=1)
+            f.write("\n")
+        bench.say(f"# tune table: {len(entries)} entries written to {path}")
+    if not check:
+        return 1 if wrong else 0
+    from ..topo.select import load_tune
+    bench.barrier()                         # rank 0 has written the file
+    if comm.selector is not None:
+        comm.selector.tune = load_tune(path)
+        comm.selector._cache.clear()
+    _set_forced(comm, None)
+    lines = ["", "# auto vs the fastest forced algorithm (same run; auto uses the table)",
+             f"# {'op':<14}{'bytes':>12}  {'fastest':<12}{'us':>12}  {'auto':<12}{'us':>12}"
+             f"{'auto/best':>11}"]
+    worst = 0.0
+    for op in [o for o in ops if o in TUNABLE]:
+        for size in sizes:
+            _set_forced(comm, None)
+            row, rec = bench.one(op, size)
+            rec["tune_check"] = "auto"
+            wrong += rec.get("wrong") or 0
+            bench.emit_record(rec)
+            b_algo = best.get((op, row.nbytes), (0.0, "?"))[1]
+            # the fastest forced algorithm once more, right after auto: drift between the
+            # sweep and the check (this machine's speed wanders by 2x) cancels out
+            _set_forced(comm, f"{op}:{b_algo}")
+            brow, brec = bench.one(op, size)
+            brec["tune_check"] = "best-forced"
+            wrong += brec.get("wrong") or 0
+            bench.emit_record(brec)
+            b_us = brow.oop.us
+            ratio = row.oop.us / b_us if b_us > 0 else float("nan")
+            worst = max(worst, ratio) if ratio == ratio else worst
+            lines.append(f"# {op:<14}{row.nbytes:>12}  {b_algo:<12}{b_us:>12.2f}  "
+                         f"{row.algo:<12}{row.oop.us:>12.2f}{ratio:>11.2f}")
+    lines.append(f"# worst auto/best: {worst:.2f}")
+    for ln in lines:
+        bench.say(ln)
+    _set_forced(comm, saved.text if saved else None)
+    return 1 if wrong else 0
