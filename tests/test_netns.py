@@ -207,3 +207,20 @@ def test_every_algorithm_two_hosts_two_ranks_with_servers(cluster):
         assert info["groups"] == [[0, 1], [2, 3]]
         assert {int(p): t for p, t in info["transports"].items()} == {
             q: ("shm" if q // 2 == r // 2 else "tcp") for q in range(6) if q != r}
+
+
+def test_collx_info_on_two_shaped_hosts(cluster):
+    """Issue 4: inside `netns-cluster.sh up 2 1gbit` with 2 ranks per host, `collx info`
+    shows two hosts, tcp between them and shm within, probed links for both classes, and
+    allreduce choices that change with the message size."""
+    res = netns_run("--hosts", "2", "--per-host", "2", "--rate", "1gbit", "--timeout", "200",
+                    "--", sys.executable, "-m", "collx.cli", "info", timeout=260)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    text = "\n".join(_lines(res.stdout, "0"))
+    assert "topology: 4 ranks on 2 hosts" in text, text
+    assert "transports: shm, tcp" in text, text
+    assert "collx-h1" in text and "collx-h2" in text, text
+    lines = text.splitlines()
+    start = lines.index(next(ln for ln in lines if ln.startswith("allreduce (np=4, 2 hosts)")))
+    chosen = [ln.split()[2] for ln in lines[start + 2:start + 8]]
+    assert len(set(chosen)) > 1, lines[start:start + 8]
