@@ -13,7 +13,10 @@ CASES = [("ring", 3, "shm"), ("pair", 2, "shm"), ("pair", 2, "tcp"), ("tree", 2,
          ("hd", 3, "tcp"), ("hd", 4, "shm"), ("dbtree", 3, "shm"), ("dbtree", 5, "shm"),
          ("dbtree", 3, "tcp"), ("hier", 4, "shm"), ("hier", 4, "tcp"), ("hier_leader", 5, "shm"),
          ("star", 3, "shm"), ("star", 4, "tcp"), ("rd", 5, "shm"), ("rd", 4, "shm"),
-         ("rd", 3, "tcp")]
+         ("rd", 3, "tcp"),
+         # the upper end on one host: 8 ranks (on 2 cores here)
+         ("tree", 8, "shm"), ("dbtree", 8, "shm"), ("hd", 8, "shm"), ("rd", 8, "shm"),
+         ("star", 8, "shm"), ("ring", 8, "shm")]
 
 
 @pytest.mark.parametrize("algo,np_,transport", CASES)

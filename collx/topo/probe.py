@@ -66,7 +66,7 @@ __all__ = ["ProbeResult", "probe_links", "default_links", "representative_pairs"
            "write_cache", "measure_gamma", "alpha_from_round_trips", "beta_from_transfers",
            "choose_transfer", "low_quantile", "CLASSES", "MAX_AGE_S"]
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 CLASSES = ("shm", "tcp")                # record slot order; every class the topology names
 MAX_AGE_S = 7 * 86400.0                 # cache entries older than this are ignored
 RESERVE_S = 0.03                        # of the budget: decide, gamma, share, plans
@@ -166,8 +166,10 @@ def low_quantile(values: list[float], q: float = LOW_Q) -> float:
 
 
 def alpha_from_round_trips(rtts: list[float]) -> float:
-    """One message's latency: half the low-quantile 8-byte round trip."""
-    return low_quantile(rtts) / 2.0
+    """One message's latency: half the fastest 8-byte round trip. A round trip cannot be
+    faster than the link allows, while a slow one only says the pair was descheduled (with
+    more ranks than cores, a quantile cached a 20x pessimistic alpha here)."""
+    return min(rtts) / 2.0 if rtts else 0.0
 
 
 def beta_from_transfers(nbytes: int, times: list[float], rtt: float) -> float:
