@@ -8,7 +8,8 @@ workers, reduce its shard of every worker's data and send the sum back. A STOP d
 (the workers' collx.shutdown) ends a generation; the server then waits for the next
 collx.init of the workers, until the launcher sends SIGTERM (a normal end) or the store is
 gone. A failure in the middle of a job is an error (exit 1); workers that vanish between
-jobs end the server quietly (the workers report their own failure).
+jobs end the generation (the workers report their own failure; after re-initializing
+they find the server again).
 """
 from __future__ import annotations
 
@@ -66,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     generation = 0
     while True:
         try:
-            comm = init_server_communicator(index)
+            # wait for the workers' (next) init as long as it takes: the launcher ends a
+            # server with SIGTERM, and a vanished store ends it here
+            comm = init_server_communicator(index, timeout=IDLE_WAIT_S if generation else None,
+                                            wait=IDLE_WAIT_S)
         except (CollxError, OSError) as exc:
             if generation:      # the workers did not init again: the job is over
                 return 0
@@ -80,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                 _log(index, f"generation {generation}: {jobs} jobs in "
                             f"{time.monotonic() - t0:.3f} s")
         except WorkersGone as exc:
-            # between jobs: the workers left (their own errors say why)
-            _log(index, f"workers disconnected ({exc}); exiting")
-            return 0
+            # between jobs: the workers left (their own errors say why), e.g. after an
+            # error that broke their communicator: serve their next collx.init()
+            _log(index, f"workers disconnected ({exc}); waiting for the next init")
         except CollxError as exc:
             _log(index, f"job failed: {exc}")
             return 1

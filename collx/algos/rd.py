@@ -5,8 +5,11 @@ r < 2 rem, each odd rank sends its whole IN to r - 1, which reduces it with its 
 takes part as participant v = r / 2; ranks r >= 2 rem take part as v = r - rem.
   doubling, d = 1, 2, ..., p/2: v and v ^ d exchange their whole current partial sums and
       each reduces the partner's into its own: partial(v) = mine (op) partner's. Every step
-      combines two operands, and op(a, b) == op(b, a) bit for bit, so the two partners hold
-      identical bits after every round and all ranks end bitwise identical.
+      combines two operands, and for sum and product of numbers op(a, b) == op(b, a) bit for
+      bit, so the partners hold identical bits after every round. Not for min/max of
+      +0.0 vs -0.0 or of NaNs with different payloads: the kernels keep one operand by
+      position there, so ranks may differ in the sign of a zero or a NaN's payload (ring,
+      hd and the trees compute each element once and copy it, and do not).
   unfold: each folding even rank sends its result to its odd partner.
 Buffers: the partial sums alternate between SCRATCH and OUT (a round sends from one while
 the reduction writes the other, so nothing is overwritten before it is read, also in place);

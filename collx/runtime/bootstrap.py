@@ -194,7 +194,7 @@ def attach_selection(comm: Communicator, store: Any, prefix: str, timeout: float
     topology from a file, which describes machines this one is not), and the Selector."""
     from ..topo.exchange import topology_from_env_or_detect
     from ..topo.probe import ProbeResult, default_links, probe_links
-    from ..topo.select import Selector, configure_logging, load_tune
+    from ..topo.select import Selector, configure_logging
     configure_logging()
     comm.topology = topology_from_env_or_detect(store, prefix, comm.rank, comm.size, timeout)
     if config.get("COLLX_TOPO_FILE"):
@@ -202,11 +202,11 @@ def attach_selection(comm: Communicator, store: Any, prefix: str, timeout: float
     else:
         comm.probe = probe_links(comm.ccomm, comm.rank, comm.size, comm.topology,
                                  timeout=min(timeout, 10.0))
-    tune = config.get("COLLX_TUNE_FILE")
+    tune = shared_tune_table(store, prefix, comm.rank, comm.size, timeout)
     # cores=0: no CPU term — on this project's 2-core machines it made the model rank worse
     # (perf/RESULTS.md, "Algorithm family")
     comm.selector = Selector(comm.topology, comm.probe.links, servers=comm.servers,
-                             spec=comm.spec, tune=load_tune(tune) if tune else None,
+                             spec=comm.spec, tune=tune,
                              chunk_bytes=config.get("COLLX_CHUNK_BYTES"), cores=0,
                              world_size=comm.size)
 
@@ -219,11 +219,14 @@ def _server_store(timeout: float) -> Any:
     return TCPStore(addr, secret, timeout=timeout)
 
 
-def init_server_communicator(index: int, timeout: float | None = None) -> Communicator:
+def init_server_communicator(index: int, timeout: float | None = None,
+                             wait: float | None = None) -> Communicator:
     """The communicator of dedicated summation server ``index`` (collx.server): rank
     COLLX_SIZE + index among COLLX_SIZE workers and COLLX_SERVERS servers. Joins the next
-    generation of the job's mesh (one per collx.init of the workers)."""
+    generation of the job's mesh (one per collx.init of the workers), waiting up to
+    ``wait`` seconds (default: ``timeout``) for the workers to start it."""
     timeout = config.get("COLLX_TIMEOUT") if timeout is None else float(timeout)
+    wait = timeout if wait is None else max(float(wait), timeout)
     workers, servers = _env_int("COLLX_SIZE"), job_servers()
     if not 0 <= index < servers:
         raise InvalidUsage(f"collx-server: COLLX_SERVER_INDEX={index} is outside "
@@ -234,8 +237,33 @@ def init_server_communicator(index: int, timeout: float | None = None) -> Commun
     _C.shm_allow_cma()
     generation = store.add(f"collx/generation/{rank}", 1)
     records, comm.transports = connect_mesh(comm.ccomm, store, rank, workers + servers,
-                                            auth.secret_from_env(), timeout,
+                                            auth.secret_from_env(), wait,
                                             prefix=f"collx/g{generation}")
     comm.host_groups = host_groups(records[:workers])
     comm.ccomm.set_spin(spin_for(records, rank))
     return comm
+
+
+def shared_tune_table(store: Any, prefix: str, rank: int, size: int, timeout: float) -> Any:
+    """COLLX_TUNE_FILE as rank 0 reads it, handed to every rank through the store: ranks on
+    hosts without the file (or with another copy) must still choose alike. An unreadable
+    file is an InvalidUsage on every rank."""
+    from ..errors import InvalidUsage
+    from ..topo.select import load_tune, tune_from_text
+    path = config.get("COLLX_TUNE_FILE")
+    if not path:
+        return None
+    if size == 1 or store is None:
+        return load_tune(path)
+    key = f"{prefix}/tune"
+    if rank == 0:
+        try:
+            with open(path) as f:
+                blob = b"T" + f.read().encode()
+        except OSError as exc:
+            blob = b"E" + f"tune table {path} (COLLX_TUNE_FILE) on rank 0: {exc}".encode()
+        store.set(key, blob)
+    blob = store.get(key, timeout=timeout)
+    if blob[:1] == b"E":
+        raise InvalidUsage(blob[1:].decode())
+    return tune_from_text(blob[1:].decode(), f"{path} (rank 0's copy)")

@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -53,7 +54,7 @@ from .topology import Topology
 
 __all__ = ["AlgoSpec", "SpecEntry", "parse_algo_spec", "Decision", "Selector", "TuneTable",
            "load_tune", "default_links", "configure_logging", "format_bytes", "format_time",
-           "TIE", "EXPLAIN_OPS", "EXPLAIN_SIZES", "LOG", "case_bytes"]
+           "TIE", "EXPLAIN_OPS", "EXPLAIN_SIZES", "LOG", "case_bytes", "tune_from_text"]
 
 LOG = logging.getLogger("collx.topo")
 
@@ -288,13 +289,22 @@ def load_tune(path: str) -> TuneTable:
     "algo", "us"}, ...]}`` (one entry per measured (op, np, hosts, nbytes, algo); repeated
     entries keep the fastest). InvalidUsage naming the file when it is unreadable or
     malformed."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as exc:
+        raise InvalidUsage(f"tune table {path} (COLLX_TUNE_FILE): cannot read it: "
+                           f"{exc}") from exc
+    return tune_from_text(text, path)
+
+
+def tune_from_text(text: str, path: str = "<memory>") -> TuneTable:
+    """``load_tune`` of a file's contents (a job's rank 0 reads the file and shares it, so
+    that every rank selects from the same table even without a shared filesystem)."""
     def bad(why: str) -> InvalidUsage:
         return InvalidUsage(f"tune table {path} (COLLX_TUNE_FILE): {why}")
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError as exc:
-        raise bad(f"cannot read it: {exc}") from exc
+        data = json.loads(text)
     except ValueError as exc:
         raise bad(f"not valid JSON: {exc}") from exc
     if not isinstance(data, dict) or data.get("version") != 1:
@@ -413,6 +423,7 @@ class Selector:
             raise InvalidUsage(f"Selector: no LinkParams for link class(es) "
                                f"{', '.join(missing)} (given: {', '.join(sorted(self.links))})")
         self._cache: dict[tuple, Decision] = {}
+        self._lock = threading.Lock()
 
     # ---- the cost model's view of the job
 
@@ -442,20 +453,24 @@ class Selector:
                send_counts: Optional[Sequence[Sequence[int]]] = None, root: int = 0,
                in_place: bool = False) -> Decision:
         """The algorithm for ``op`` on this case (sizes in elements of ``itemsize`` bytes,
-        as ``build_schedule`` takes them). Cached per (op, bytes, n, root, in_place) and,
-        for uneven per-rank counts, the counts themselves."""
+        as ``build_schedule`` takes them). Cached per (op, bytes, item size, n, root,
+        in_place) and, for uneven per-rank counts, the counts themselves: the item size
+        changes the schedules priced (chunking, block splits), and two ranks must never
+        answer the same case differently because they asked in another order. Thread-safe
+        (the engine's worker and the user's thread both ask)."""
         if op not in ALGORITHMS:
             raise InvalidUsage(f"Selector.choose: unknown op {op!r}; ops are {', '.join(OPS)}")
         nbytes, shape = case_bytes(op, self.n, itemsize, count, counts, send_counts)
         root = root if op in _ROOTED else 0
-        key = (op, nbytes, self.n, root, bool(in_place), shape)
+        key = (op, nbytes, itemsize, self.n, root, bool(in_place), shape)
         d = self._cache.get(key)
         if d is None:
             d = self._decide(op, nbytes, itemsize, count, counts, send_counts, root,
                              bool(in_place))
-            self._cache[key] = d
-            if len(self._cache) > MAX_DECISIONS:        # drop the oldest decision
-                self._cache.pop(next(iter(self._cache)))
+            with self._lock:
+                self._cache[key] = d
+                while len(self._cache) > MAX_DECISIONS:     # drop the oldest decision
+                    self._cache.pop(next(iter(self._cache)), None)
             LOG.debug("%s %s np=%d root=%d%s: %s (%s)", op, format_bytes(nbytes), self.n,
                       root, " in-place" if in_place else "", d.algo, d.reason)
         return d

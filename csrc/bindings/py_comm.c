@@ -287,11 +287,12 @@ static PyObject *Comm_allreduce_fast(CommObject *self, PyObject *const *args, Py
         cx_call call = {in.buf, (size_t)in.len, out.buf, (size_t)out.len, dtype, redop,
                         e->divisor, e->fingerprint, self->fast_timeout};
         PyObject *cap = e->capsule;             /* the plan must outlive a re-register */
+        cx_plan *plan = e->plan;                /* read under the GIL: the slot may change */
         Py_INCREF(cap);
         cx_status st;
         self->busy = 1;
         Py_BEGIN_ALLOW_THREADS
-        st = cx_execute(self->comm, e->plan, &call);
+        st = cx_execute(self->comm, plan, &call);
         Py_END_ALLOW_THREADS
         self->busy = 0;
         Py_DECREF(cap);
