@@ -60,3 +60,35 @@ def test_disagreeing_ranks_get_mismatch_error(scenario: str) -> None:
     for info in mismatches:
         msg = info["msg"]
         assert "rank" in msg and any(w in msg for w in ("different", "differ", "disagree")), msg
+
+
+def test_different_sizes_with_automatic_selection_fail_every_rank_in_bound(tmp_path) -> None:
+    """Rank 0 passes 64 KiB, ranks 1-3 pass 16 MiB: the sizes select different algorithms
+    (different peers), so rank 0 may never see a message to compare. Every rank must still
+    raise within the call's timeout (5 s), and a timeout names the likely cause."""
+    import subprocess
+    import sys
+
+    from tests.mp.launch import REPO, clean_env
+    script = tmp_path / "sizes.py"
+    script.write_text(
+        "import time, numpy as np, collx\n"
+        "collx.init(30)\n"
+        "r = collx.rank(); n = 16384 if r == 0 else 4194304\n"
+        "t = time.monotonic()\n"
+        "try:\n"
+        "    collx.allreduce(np.ones(n, np.float32), op=collx.Sum, timeout=5)\n"
+        "    print('NOERROR', r, flush=True)\n"
+        "except collx.CollxError as exc:\n"
+        "    print('RAISED', r, type(exc).__name__, round(time.monotonic() - t, 1), "
+        "'same shape' in str(exc), flush=True)\n")
+    res = subprocess.run([sys.executable, "-m", "collx.runner", "-np", "4", "--no-prefix",
+                          "--timeout", "60", sys.executable, str(script)],
+                         env=clean_env(), cwd=str(REPO), capture_output=True, text=True,
+                         timeout=90)
+    lines = [ln.split() for ln in res.stdout.splitlines() if ln.startswith("RAISED")]
+    assert sorted(int(ln[1]) for ln in lines) == [0, 1, 2, 3], res.stdout + res.stderr[-2000:]
+    for _, r, kind, secs, hint in lines:
+        assert float(secs) < 12.0, (r, kind, secs)
+        if kind == "CollxTimeout":
+            assert hint == "True", "a timeout must say that the shapes may differ"

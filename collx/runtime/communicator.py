@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import _C, config
-from ..errors import CollxError, MismatchError
+from ..errors import CollxError, CollxTimeout, MismatchError
 from ..algos.ir import Schedule
 from ..algos.pack import pack_rank
 from ..topo.select import parse_algo_spec
@@ -57,6 +57,12 @@ def _annotated(exc: CollxError, plan: Plan, dtype: int, redop: int) -> CollxErro
     if isinstance(exc, MismatchError):
         msg += (f" [this rank ran {plan.describe()}, dtype {_C.DTYPE_NAMES[dtype]}, op "
                 f"{_REDOP_NAMES.get(redop, redop)}]")
+    elif isinstance(exc, CollxTimeout) and not op.endswith("-meta"):
+        # the algorithm is chosen per size: ranks that pass different sizes may run
+        # schedules with different peers, and then wait instead of seeing a mismatch
+        msg += (f" [this rank ran {plan.describe()}, dtype {_C.DTYPE_NAMES[dtype]}; if the "
+                f"ranks passed different sizes to this call they may have chosen different "
+                f"algorithms — check that every rank passes the same shape]")
     new = type(exc)(msg)
     for attr in ("peer", "status"):
         if hasattr(exc, attr):
