@@ -82,11 +82,13 @@ def test_different_sizes_with_automatic_selection_fail_every_rank_in_bound(tmp_p
         "except collx.CollxError as exc:\n"
         "    print('RAISED', r, type(exc).__name__, round(time.monotonic() - t, 1), "
         "'same shape' in str(exc), flush=True)\n")
-    res = subprocess.run([sys.executable, "-m", "collx.runner", "-np", "4", "--no-prefix",
+    res = subprocess.run([sys.executable, "-m", "collx.runner", "-np", "4",
                           "--timeout", "60", sys.executable, str(script)],
                          env=clean_env(), cwd=str(REPO), capture_output=True, text=True,
                          timeout=90)
-    lines = [ln.split() for ln in res.stdout.splitlines() if ln.startswith("RAISED")]
+    # "[r]<stdout>:RAISED r kind secs hint" (the prefix keeps the ranks' lines apart)
+    lines = [ln.split(":", 1)[1].split() for ln in res.stdout.splitlines()
+             if "]<stdout>:RAISED" in ln]
     assert sorted(int(ln[1]) for ln in lines) == [0, 1, 2, 3], res.stdout + res.stderr[-2000:]
     for _, r, kind, secs, hint in lines:
         assert float(secs) < 12.0, (r, kind, secs)

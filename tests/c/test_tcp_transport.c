@@ -571,7 +571,9 @@ static pid_t g_child;
 
 static void role_die(int fd, int rank)
 {
-    const size_t n = 64u << 20;
+    /* far more than loopback socket buffers hold (autotuned rmem reaches 32 MiB on
+     * recent kernels): the transfer must still be in flight when the peer dies */
+    const size_t n = 256u << 20;
     uint8_t *buf = xmalloc(n);
     memset(buf, 7, n);
     cx_conn *c = conn_of(fd, rank);
@@ -594,7 +596,9 @@ static void role_die(int fd, int rank)
 
 static void role_survive(int fd, int rank)
 {
-    const size_t n = 64u << 20;
+    /* far more than loopback socket buffers hold (autotuned rmem reaches 32 MiB on
+     * recent kernels): the transfer must still be in flight when the peer dies */
+    const size_t n = 256u << 20;
     uint8_t *buf = xmalloc(n);
     memset(buf, 9, n);
     cx_conn *c = conn_of(fd, rank);
