@@ -108,7 +108,7 @@ def test_empty_and_missing_class():
 # --- contention (bottleneck terms), cost(), calibration JSON -------------------------------
 
 from collx.algos import Links, cost as algos_cost  # noqa: E402
-from collx.algos import star as star_mod  # noqa: E402
+from collx.algos.star import star_servers_allreduce  # noqa: E402
 from collx.algos.costmodel import (bottlenecks, host_link_class, hosts_of_groups,  # noqa: E402
                                    load_params)
 from collx.algos.dbtree import dbtree_allreduce  # noqa: E402
@@ -135,12 +135,8 @@ def test_two_hosts_hier_is_1_5x_faster_than_flat_ring():
 
 
 def test_dedicated_server_star_is_1_5x_faster_than_worker_ring():
-    build = getattr(star_mod, "star_servers_allreduce", None)
-    if build is None:
-        pytest.skip("collx.algos.star.star_servers_allreduce (dedicated summation servers) "
-                    "does not exist yet")
     workers, servers = 4, 4
-    star = build(workers, servers, MIB64, CHUNK)
+    star = star_servers_allreduce(workers, servers, MIB64, CHUNK)
     assert star.world_size == workers + servers
     hosts = hosts_of_groups([[r] for r in range(workers)], servers)   # 4 + 4 hosts
     t_star = algos_cost(star, Links.of(SHM, GBIT, hosts=hosts))

@@ -89,19 +89,30 @@ def split_argv(argv: list[str], value_opts: set[str] | None = None,
     return argv, []
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of collxrun; returns the process exit code."""
+def parse_launch(argv: list[str] | None, parser: argparse.ArgumentParser, prog: str,
+                 value_opts: set[str] | None = None, flag_opts: set[str] | None = None
+                 ) -> tuple[argparse.Namespace, list[str]] | int:
+    """A launcher's command line: (its options, the command), or the exit code to return
+    (help printed, a bad option, or no command)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    opts, command = split_argv(argv)
-    parser = _parser()
+    opts, command = split_argv(argv, value_opts, flag_opts)
     try:
         args = parser.parse_args(opts)
     except SystemExit as exc:
         return int(exc.code or 0)
     if not command:
         parser.print_usage(sys.stderr)
-        sys.stderr.write("collxrun: error: no command given\n")
+        sys.stderr.write(f"{prog}: error: no command given\n")
         return 2
+    return args, command
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of collxrun; returns the process exit code."""
+    parsed = parse_launch(argv, _parser(), "collxrun")
+    if isinstance(parsed, int):
+        return parsed
+    args, command = parsed
     try:
         specs = plan(args.np, parse_hosts(args.hosts) if args.hosts else None)
         servers = plan_servers(args.servers, args.np)

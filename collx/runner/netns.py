@@ -378,18 +378,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m collx.runner.netns``; returns the exit code."""
-    from .cli import split_argv
-    argv = list(sys.argv[1:] if argv is None else argv)
-    opts, command = split_argv(argv, _VALUE_OPTS, _FLAG_OPTS)
-    parser = _parser()
-    try:
-        args = parser.parse_args(opts)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    if not command:
-        parser.print_usage(sys.stderr)
-        sys.stderr.write("collx.runner.netns: error: no command given\n")
-        return 2
+    from .cli import parse_launch
+    parsed = parse_launch(argv, _parser(), "collx.runner.netns", _VALUE_OPTS, _FLAG_OPTS)
+    if isinstance(parsed, int):
+        return parsed
+    args, command = parsed
     try:
         return launch(command, hosts=args.hosts, per_host=args.per_host,
                       server_hosts=args.server_hosts, rate=args.rate, keep=args.keep,
