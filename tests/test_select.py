@@ -171,6 +171,38 @@ def test_decisions_are_cached_and_logged_once(caplog: pytest.LogCaptureFixture) 
     assert len(msgs) == 2 and a.reason in msgs[0] and a.algo in msgs[0], msgs
 
 
+def test_sizes_are_decided_once_per_bucket() -> None:
+    """The engine's fusion buffers take a new size nearly every cycle: a decision (every
+    candidate built and priced, 5-100 ms at 16 ranks) is made once per size bucket (four per
+    octave), priced at the bucket's upper end, and shared by every size inside it."""
+    from collx.topo.select import BUCKET_EXACT_BYTES, bucket_bytes
+    assert bucket_bytes(BUCKET_EXACT_BYTES) == BUCKET_EXACT_BYTES
+    assert bucket_bytes(1000) == 1000 and bucket_bytes(M) == M and bucket_bytes(M + 1) == 5 * M // 4
+    for n in (4097, 5000, 12345, 3 * M + 7, 100_000_000):
+        b = bucket_bytes(n, 4)
+        assert n <= b <= n * 1.25 + 4 and b % 4 == 0, (n, b)
+    sel = Selector(_topo("pcie_hosts"), default_links())
+    a = sel.choose("allreduce", itemsize=4, count=(M + 4) // 4)
+    b = sel.choose("allreduce", itemsize=4, count=(5 * M // 4) // 4)
+    assert a is b and a.nbytes == 5 * M // 4
+    assert sel.choose("allreduce", itemsize=4, count=1000) is not \
+        sel.choose("allreduce", itemsize=4, count=1001)     # small sizes: exact
+    # every rank prices the same bucket whatever size it asked first
+    other = Selector(_topo("pcie_hosts"), default_links())
+    assert other.choose("allreduce", itemsize=4, count=(5 * M // 4) // 4).algo == a.algo
+    # uneven counts are their own case
+    c = sel.choose("allgather", itemsize=4, counts=[M, 1] + [1] * 14)
+    assert c.nbytes == (M + 15) * 4
+
+
+def test_forced_range_boundary_inside_a_bucket_is_exact() -> None:
+    sel = Selector(_topo("pcie_hosts"), default_links(), spec="allreduce:tree:0-1100K")
+    below = sel.choose("allreduce", itemsize=4, count=1100 * K // 4 - 1)
+    above = sel.choose("allreduce", itemsize=4, count=1100 * K // 4 + 1)
+    assert below.algo == "tree" and below.source == "forced"
+    assert above.source == "model" and above.nbytes == 5 * M // 4
+
+
 def test_configure_logging_reads_collx_log(monkeypatch: pytest.MonkeyPatch) -> None:
     from collx.topo.select import LOG, configure_logging
     old = LOG.level

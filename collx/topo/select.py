@@ -54,12 +54,13 @@ from .topology import Topology
 
 __all__ = ["AlgoSpec", "SpecEntry", "parse_algo_spec", "Decision", "Selector", "TuneTable",
            "load_tune", "default_links", "configure_logging", "format_bytes", "format_time",
-           "TIE", "EXPLAIN_OPS", "EXPLAIN_SIZES", "LOG", "case_bytes", "tune_from_text"]
+           "TIE", "EXPLAIN_OPS", "bucket_bytes", "EXPLAIN_SIZES", "LOG", "case_bytes", "tune_from_text"]
 
 LOG = logging.getLogger("collx.topo")
 
 MAX_DECISIONS = 4096        # cached decisions per Selector (oldest dropped beyond)
 TIE = 0.02                  # candidates within 2 % of the fastest count as tied
+BUCKET_EXACT_BYTES = 4096   # cases up to this size are decided per exact size (cheap)
 EXPLAIN_OPS = ("allreduce", "broadcast", "allgather", "reducescatter")
 EXPLAIN_SIZES = (8, 1 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20)
 
@@ -453,27 +454,59 @@ class Selector:
                send_counts: Optional[Sequence[Sequence[int]]] = None, root: int = 0,
                in_place: bool = False) -> Decision:
         """The algorithm for ``op`` on this case (sizes in elements of ``itemsize`` bytes,
-        as ``build_schedule`` takes them). Cached per (op, bytes, item size, n, root,
-        in_place) and, for uneven per-rank counts, the counts themselves: the item size
-        changes the schedules priced (chunking, block splits), and two ranks must never
-        answer the same case differently because they asked in another order. Thread-safe
-        (the engine's worker and the user's thread both ask)."""
+        as ``build_schedule`` takes them).
+
+        Evenly split cases are decided once per size bucket (``bucket_bytes``: exact up to
+        BUCKET_EXACT_BYTES, then four buckets per octave) and priced at the bucket's upper
+        bound: a decision builds and prices every candidate schedule (5-100 ms for large
+        buffers on 8-16 ranks), and the engine's fusion buffers take a new size nearly every
+        cycle. Uneven counts are decided per exact case. Cached per (op, bucket, item size,
+        n, root, in_place): the item size changes the schedules priced, and two ranks must
+        never answer the same case differently because they asked in another order.
+        COLLX_ALGO is applied afterwards on the exact size (its ranges are the user's).
+        Thread-safe (the engine's worker and the user's thread both ask)."""
         if op not in ALGORITHMS:
             raise InvalidUsage(f"Selector.choose: unknown op {op!r}; ops are {', '.join(OPS)}")
         nbytes, shape = case_bytes(op, self.n, itemsize, count, counts, send_counts)
         root = root if op in _ROOTED else 0
-        key = (op, nbytes, itemsize, self.n, root, bool(in_place), shape)
+        priced = nbytes
+        if shape is None and (op in _BY_COUNT or (op in _BY_COUNTS and counts is not None)):
+            priced = bucket_bytes(nbytes, itemsize)
+            if priced != nbytes:
+                elems = priced // itemsize
+                if op in _BY_COUNT:
+                    count = elems
+                else:
+                    counts = even_split(elems, self.n)
+        key = (op, priced, itemsize, self.n, root, bool(in_place), shape)
         d = self._cache.get(key)
         if d is None:
-            d = self._decide(op, nbytes, itemsize, count, counts, send_counts, root,
+            d = self._decide(op, priced, itemsize, count, counts, send_counts, root,
                              bool(in_place))
             with self._lock:
                 self._cache[key] = d
                 while len(self._cache) > MAX_DECISIONS:     # drop the oldest decision
                     self._cache.pop(next(iter(self._cache)), None)
-            LOG.debug("%s %s np=%d root=%d%s: %s (%s)", op, format_bytes(nbytes), self.n,
+            LOG.debug("%s %s np=%d root=%d%s: %s (%s)", op, format_bytes(priced), self.n,
                       root, " in-place" if in_place else "", d.algo, d.reason)
-        return d
+        return self._apply_spec(d, op, nbytes)
+
+    def _apply_spec(self, d: Decision, op: str, nbytes: int) -> Decision:
+        """The cached decision, unless COLLX_ALGO forces a name for this exact size."""
+        entry = self.spec.entry_for(op, nbytes) if self.spec else None
+        if entry is None:
+            return d
+        forced, ok = entry.name, {k: v for k, v in d.candidates.items() if isinstance(v, float)}
+        if forced in ok:
+            return Decision(op, nbytes, forced, ok[forced],
+                            f"forced by COLLX_ALGO ({entry.describe()})", d.candidates,
+                            "forced")
+        why = d.candidates.get(forced, "not registered")
+        LOG.warning("collx.%s %s np=%d: COLLX_ALGO forces %s, which refuses this case (%s); "
+                    "using %s", op, format_bytes(nbytes), self.n, forced, why, d.algo)
+        return Decision(op, nbytes, d.algo, d.predicted_s,
+                        f"fallback: forced {forced} refused: {why}; {d.reason}", d.candidates,
+                        "fallback")
 
     def _decide(self, op, nbytes, itemsize, count, counts, send_counts, root, in_place
                 ) -> Decision:
@@ -497,19 +530,6 @@ class Selector:
         tuned = self._tuned_choice(op, nbytes, ok)
         if tuned is not None:
             algo, reason, source = tuned
-        entry = self.spec.entry_for(op, nbytes)
-        if entry is not None:
-            forced = entry.name
-            if forced in ok:
-                algo, source = forced, "forced"
-                reason = f"forced by COLLX_ALGO ({entry.describe()})"
-            else:
-                why = cands.get(forced, "not registered")
-                reason = f"fallback: forced {forced} refused: {why}; {reason}"
-                source = "fallback"
-                LOG.warning("collx.%s %s np=%d: COLLX_ALGO forces %s, which refuses this case "
-                            "(%s); using %s", op, format_bytes(nbytes), self.n, forced, why,
-                            algo)
         return Decision(op, nbytes, algo, ok[algo], reason, cands, source)
 
     def _model_choice(self, op: str, ok: Mapping[str, float]) -> tuple[str, str, str]:
@@ -567,6 +587,19 @@ class Selector:
             for r in rows:
                 lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         return "\n".join(lines)
+
+
+def bucket_bytes(nbytes: int, itemsize: int = 1) -> int:
+    """The size bucket a case of ``nbytes`` is decided in: ``nbytes`` itself up to
+    BUCKET_EXACT_BYTES, else the smallest ``m << e`` (m in 4..7) at or above it, rounded up
+    to whole items: four buckets per octave, each at most 25% wider than its lower end, so
+    that one decision serves every size within it."""
+    if nbytes <= BUCKET_EXACT_BYTES:
+        return nbytes
+    e = max(0, nbytes.bit_length() - 3)
+    m = -(-nbytes // (1 << e))               # 4..8
+    b = m << e
+    return -(-b // itemsize) * itemsize
 
 
 def _preference(op: str) -> list[str]:
