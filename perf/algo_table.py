@@ -140,6 +140,12 @@ def load(paths: list[str], default_cluster: str):
     return data
 
 
+def preference(op: str) -> list[str]:
+    """collx.topo.select's order for near-ties: the registry default, ring, binomial."""
+    from collx.algos.registry import DEFAULT
+    return [DEFAULT[op], "ring", "binomial"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -163,6 +169,11 @@ def main(argv=None) -> int:
     ap.add_argument("--replicas", action="store_true",
                     help="widen the noise of a row to the spread between names that build "
                          "the same schedule in that row (the run's measured resolution)")
+    ap.add_argument("--tie", type=float, default=0.0,
+                    help="score the pick as collx.topo.select makes it: candidates predicted "
+                         "within this fraction of the fastest are tied and the tie goes to "
+                         "the registry default, then ring, then binomial (select.TIE = 0.02); "
+                         "default 0: the strict minimum, exact ties all count")
     ap.add_argument("--near", type=float, default=0.10,
                     help="also report how often the pick's measured time is within this "
                          "fraction of the fastest (default 0.10)")
@@ -227,6 +238,11 @@ def main(argv=None) -> int:
             pick = min(pred, key=pred.get) if pred else None
             ties = [al for al in pred if al != pick and pred[al] <= pred[pick] * (1 + 1e-9)] \
                 if pick else []
+            if pick is not None and a.tie > 0:
+                # what selection runs: near-ties resolved by the preference order
+                near_tied = [al for al in pred if pred[al] <= pred[pick] * (1 + a.tie)]
+                pick = next((al for al in preference(op) if al in near_tied), pick)
+                ties = []
             cells = []
             for al in algos:
                 if al not in meas:
