@@ -1,23 +1,40 @@
 """The public API on buffers (numpy arrays and anything with the buffer protocol), with
 Horovod's names and semantics plus MPI's reduce/gather/scatter/send/recv.
 
+Two engines (``init(negotiate=)``, or ``COLLX_ENGINE``):
+
+* **ordered** (default): every rank calls collectives in the same program order (MPI). A
+  synchronous call runs inline (the C fast path for repeated allreduces with ``out=``); an
+  ``*_async`` call queues its job on the one worker (collx/runtime/engine.py).
+* **negotiated** (Horovod): every call, synchronous ones too, becomes a named request handed
+  to the background worker (collx/runtime/negotiated_engine.py), which agrees with the other
+  ranks on what is ready, fuses small allreduces and runs them; ranks may submit in
+  different orders. An op without ``name=`` is named ``f"{kind}.noname.{k}"`` with a
+  per-kind counter (so un-named calls must still come in the same order per kind).
+  send/recv need the ordered engine (InvalidUsage says so): a point-to-point pair cannot
+  take part in a negotiation among all the ranks of a set without making every rank wait.
+
 Every collective has a synchronous form and an ``*_async`` form returning a Handle for
-``poll``/``synchronize``; both are thin wrappers over one ``prepare_*`` + engine call.
+``poll``/``synchronize``; both are thin wrappers over one ``prepare_*`` job (ordered) or
+one request (negotiated). ``process_set=None`` is the global set.
 """
 from __future__ import annotations
 
 import atexit
 import threading
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import _C
+from . import _C, config
 from .errors import CollxError, InvalidUsage
-from .runtime import ops
+from .runtime import fusion, ops
+from .runtime import timeline as _timeline
 from .runtime.bootstrap import init_communicator
+from .runtime.buffers import as_array, check_out, reduce_code
 from .runtime.communicator import Communicator
-from .runtime.engine import Engine, Handle
+from .runtime.engine import Engine, GroupHandle, Handle
+from .runtime.negotiation import Request
 from .runtime.servers import stop_servers
 
 Sum: int = _C.SUM
@@ -28,43 +45,88 @@ Product: int = _C.PROD
 
 _state_lock = threading.Lock()
 _comm: Communicator | None = None
-_engine: Engine | None = None
+_engine: Any = None          # Engine (ordered) or NegotiatedEngine
+_negotiated = False
+_table: Any = None           # process_sets.ProcessSetTable of the world communicator
 # collx._C.Comm.allreduce_fast while it may be used: only synchronous calls so far (an
 # async call queued behind the worker must not be overtaken), else None
 _fast: Any = None
 
 
-def init(timeout: float | None = None) -> None:
+def _want_negotiated(negotiate: bool | None) -> bool:
+    if negotiate is not None:
+        return bool(negotiate)
+    mode = (config.get("COLLX_ENGINE") or "ordered").strip().lower()
+    if mode not in ("ordered", "negotiated"):
+        raise InvalidUsage(f"COLLX_ENGINE={mode!r}: use 'ordered' or 'negotiated'")
+    return mode == "negotiated"
+
+
+def init(timeout: float | None = None, negotiate: bool | None = None) -> None:
     """Join the job: reads collxrun's COLLX_* variables, or mpirun's (through mpi4py), or runs
-    as a single process of size 1 when neither is set. Idempotent."""
-    global _comm, _engine, _fast
+    as a single process of size 1 when neither is set. Idempotent (a second call asking for
+    the other engine is InvalidUsage). ``negotiate=True`` starts the negotiated engine."""
+    global _comm, _engine, _fast, _negotiated, _table
+    want = _want_negotiated(negotiate)
     with _state_lock:
         if _comm is not None:
+            if negotiate is not None and want != _negotiated:
+                have = "negotiated" if _negotiated else "ordered"
+                raise InvalidUsage(f"collx.init(negotiate={negotiate}): collx is already "
+                                   f"running the {have} engine; call collx.shutdown() first")
             return
-        _comm = init_communicator(timeout)
-        _engine = Engine()
-        _fast = _comm.ccomm.allreduce_fast
+        comm = init_communicator(timeout)
+        _timeline.set_rank(comm.rank)
+        table = _make_table(comm)
+        if want:
+            from .runtime.negotiated_engine import NegotiatedEngine
+            engine: Any = NegotiatedEngine(comm, table)
+            fast = None
+        else:
+            engine, fast = Engine(), comm.ccomm.allreduce_fast
+        _comm, _engine, _fast, _negotiated, _table = comm, engine, fast, want, table
+        path = config.get("COLLX_TIMELINE")
+        if path:
+            _timeline.start(path, config.get("COLLX_TIMELINE_MARK_CYCLES"))
+
+
+def _make_table(comm: Communicator) -> Any:
+    try:
+        from .runtime.process_sets import ProcessSetTable
+    except ImportError:           # process sets not built into this tree
+        return None
+    return ProcessSetTable(comm)
 
 
 def shutdown() -> None:
-    """Finish pending work, say goodbye to the peers (a short barrier, so a peer still
-    finishing its last collective never mistakes our exit for a crash) and close."""
-    global _comm, _engine, _fast
+    """Finish pending work, say goodbye to the peers (ordered: a short barrier, so a peer
+    still finishing its last collective never mistakes our exit for a crash; negotiated: a
+    last coordination cycle that tells every rank's worker to stop) and close."""
+    global _comm, _engine, _fast, _table
     with _state_lock:
-        comm, engine = _comm, _engine
-        _comm = _engine = _fast = None
+        comm, engine, table, negotiated = _comm, _engine, _table, _negotiated
+        _comm = _engine = _fast = _table = None
     if comm is None:
         return
     try:
-        engine.drain(timeout=comm.timeout)
-        if comm.size > 1 and not comm.ccomm.broken():
-            engine.run(ops.prepare_barrier(comm, min(comm.timeout, 30.0)), "barrier")
+        if negotiated:
+            engine.shutdown(timeout=comm.timeout)
+        else:
+            engine.drain(timeout=comm.timeout)
+            if comm.size > 1 and not comm.ccomm.broken():
+                engine.run(ops.prepare_barrier(comm, min(comm.timeout, 30.0)), "barrier")
         if comm.servers and not comm.ccomm.broken():
             stop_servers(comm, min(comm.timeout, 30.0))    # after the barrier: all done
     except Exception:  # noqa: BLE001 - best effort: we are leaving anyway
         pass
     finally:
         engine.close()
+        if table is not None:
+            try:
+                table.close()
+            except Exception:  # noqa: BLE001
+                pass
+        _timeline.stop()
         comm.close()
         server = getattr(comm, "store_server", None)
         if server is not None:
@@ -78,7 +140,7 @@ def is_initialized() -> bool:
     return _comm is not None
 
 
-def _need(op: str = "call") -> tuple[Communicator, Engine]:
+def _need(op: str = "call") -> tuple[Communicator, Any]:
     comm, engine = _comm, _engine
     if comm is None or engine is None:
         raise InvalidUsage(f"collx.{op}: collx is not initialized; call collx.init() first "
@@ -115,6 +177,21 @@ def communicator() -> Communicator:
     return _need("communicator")[0]
 
 
+def is_negotiated() -> bool:
+    """True when the negotiated (Horovod) engine runs."""
+    return _comm is not None and _negotiated
+
+
+def _comm_for(comm: Communicator, process_set: Any, op: str) -> tuple[Communicator, int]:
+    """(communicator, process set id) of ``process_set`` (None: the world, id 0)."""
+    if process_set is None:
+        return comm, 0
+    if _table is None:
+        raise InvalidUsage(f"collx.{op}: process sets are not available in this build")
+    psid = getattr(process_set, "process_set_id", None)
+    return _table.comm_for(process_set), (0 if psid is None else int(psid))
+
+
 def _submit(engine: Engine, job: Any, name: str) -> Handle:
     """Queue an async job. From now on synchronous calls keep program order through the
     engine, so the C fast path (which would overtake the queue) is switched off."""
@@ -127,177 +204,498 @@ def _label(op: str, name: str | None) -> str:
     return f"{op}({name})" if name else op
 
 
+def _call(op: str, name: str | None, process_set: Any, timeout: Any, sync: bool,
+          prepare: Callable[[Communicator], Any], agree: Callable[[], dict]) -> Any:
+    """One non-fused collective: ``prepare(comm)`` validates and returns the job; the ordered
+    engine runs it in program order, the negotiated one once every rank of the set asked
+    for ``name`` with the same ``agree()`` description."""
+    comm, engine = _need(op if sync else op + "_async")
+    c, psid = _comm_for(comm, process_set, op)
+    job = prepare(c)
+    if _negotiated:
+        req = Request(engine.name_for(op, name), op, psid, agree(), job=job,
+                      timeout=ops._check_timeout(timeout, op))
+        h = engine.enqueue([req])[0]
+        return h.wait() if sync else h
+    return engine.run(job, _label(op, name)) if sync else _submit(engine, job, _label(op, name))
+
+
+_DTYPE_NAMES: dict = {}
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = dtype.name
+    return name
+
+
+def _root(process_set: Any, root_rank: Any, op: str) -> Any:
+    """Horovod semantics: with process_set=, root_rank is a *world* rank (a member of the
+    set); the set's communicator numbers its members 0.., so translate."""
+    if process_set is None or getattr(process_set, "process_set_id", None) == 0:
+        return root_rank
+    if isinstance(root_rank, bool) or not isinstance(root_rank, (int, np.integer)):
+        return root_rank                         # ops.prepare_* explains
+    ranks = list(getattr(process_set, "ranks", []))
+    if int(root_rank) not in ranks:
+        raise InvalidUsage(f"collx.{op}: root_rank={root_rank} is not a member of "
+                           f"{process_set!r}; with process_set=, root_rank is the world rank "
+                           f"of one of its members (as in Horovod)")
+    return ranks.index(int(root_rank))
+
+
+def _meta(x: Any, op: str, first: bool = True) -> dict:
+    """What ranks must agree on about x: dtype and shape (``first=False``: all but dim 0)."""
+    arr = as_array(x, op)
+    shape = list(arr.shape) if first else list(arr.shape[1:])
+    return {"dtype": _dtype_name(arr.dtype), "shape": shape}
+
+
 # ---- allreduce -------------------------------------------------------------------------
 
 def allreduce(x: Any, op: int = Average, name: str | None = None, out: Any = None,
-              timeout: float | None = None) -> np.ndarray:
-    """Reduce x over all ranks; every rank gets the result (a new array, or out=; out may be
-    x itself for in-place). Integer Average truncates toward zero."""
-    if out is not None and timeout is None:
-        fast = _fast
-        if fast is not None:
-            # Latency path: a call identical in bytes, dtype and op to one the Python path
-            # below already validated runs straight in C (thread-safe there); None means
-            # "not known here", not an error.
-            try:
-                res = fast(x, out, op)
-            except CollxError as exc:
-                raise type(exc)(f"collx.allreduce: {exc}") from None
-            if res is not None:
-                return res
-    comm, engine = _need("allreduce")
-    return engine.run(ops.prepare_allreduce(comm, x, op, out, timeout), _label("allreduce", name))
+              timeout: float | None = None, *, process_set: Any = None,
+              prescale_factor: float = 1.0, postscale_factor: float = 1.0) -> np.ndarray:
+    """Reduce x over all ranks of the set; every rank gets the result (a new array, or out=;
+    out may be x itself for in-place). Integer Average truncates toward zero. The result is
+    ``postscale * reduce(prescale * x)`` (integer inputs: scaled in float64, truncated)."""
+    fast = _fast
+    if fast is not None and out is not None and timeout is None and process_set is None \
+            and prescale_factor == 1.0 and postscale_factor == 1.0:
+        # Latency path: a call identical in bytes, dtype and op to one the Python path
+        # below already validated runs straight in C (thread-safe there); None means
+        # "not known here", not an error.
+        try:
+            res = fast(x, out, op)
+        except CollxError as exc:
+            raise type(exc)(f"collx.allreduce: {exc}") from None
+        if res is not None:
+            return res
+    return _allreduce("allreduce", x, op, name, out, timeout, process_set, prescale_factor,
+                      postscale_factor, True)
 
 
 def allreduce_(x: Any, op: int = Average, name: str | None = None,
-               timeout: float | None = None) -> np.ndarray:
+               timeout: float | None = None, *, process_set: Any = None,
+               prescale_factor: float = 1.0, postscale_factor: float = 1.0) -> np.ndarray:
     """In-place allreduce: x holds the result."""
-    return allreduce(x, op, name, out=x, timeout=timeout)
+    return allreduce(x, op, name, out=x, timeout=timeout, process_set=process_set,
+                     prescale_factor=prescale_factor, postscale_factor=postscale_factor)
 
 
 def allreduce_async(x: Any, op: int = Average, name: str | None = None, out: Any = None,
-                    timeout: float | None = None) -> Handle:
-    comm, engine = _need("allreduce_async")
-    return _submit(engine, ops.prepare_allreduce(comm, x, op, out, timeout), _label("allreduce", name))
+                    timeout: float | None = None, *, process_set: Any = None,
+                    prescale_factor: float = 1.0, postscale_factor: float = 1.0) -> Handle:
+    return _allreduce("allreduce", x, op, name, out, timeout, process_set, prescale_factor,
+                      postscale_factor, False)
+
+
+def _check_allreduce(kind: str, x: Any, op: int, out: Any, timeout: Any, pre: float,
+                     post: float) -> tuple:
+    """Everything an allreduce can refuse locally, before it is named or negotiated (a
+    refusal on one rank must not consume a ``*.noname.*`` number the others use)."""
+    t = ops._check_timeout(timeout, kind)
+    arr = as_array(x, kind)
+    ops._check_op(op, kind)
+    code = reduce_code(arr, kind)
+    res = check_out(out, kind, arr.shape, arr.dtype)
+    if res is not arr and out is not None and np.may_share_memory(arr, res) and not (
+            arr.__array_interface__["data"][0] == res.__array_interface__["data"][0]
+            and arr.nbytes == res.nbytes):   # another view of the same buffer: in place
+        raise InvalidUsage(f"collx.{kind}: out partly overlaps the input; pass the same array "
+                           f"for an in-place call, or a separate one")
+    if pre != 1.0 or post != 1.0:
+        fusion.check_factors(pre, post, kind)
+    return arr, res, code, t
+
+
+def _allreduce_request(engine: Any, c: Communicator, psid: int, kind: str, name: str | None,
+                       op: int, checked: tuple, pre: float, post: float) -> Any:
+    """A fusible request from a checked allreduce (``_check_allreduce``)."""
+    arr, res, code, t = checked
+    dt, opname, pre, post = _dtype_name(arr.dtype), ops.REDOP_NAMES[op], float(pre), float(post)
+    agree = {"dtype": dt, "shape": list(arr.shape), "op": opname, "prescale": pre,
+             "postscale": post}
+    name = engine.name_for(kind, name)
+    # the cache key, built directly (== negotiation.cache_key(name, kind, psid, agree))
+    ckey = (name, kind, psid, (("dtype", dt), ("op", opname), ("postscale", post),
+                               ("prescale", pre), ("shape", arr.shape)))
+    return Request(name, kind, psid, agree, timeout=t, arr=arr, res=res, op=op, code=code,
+                   pre=pre, post=post, comm=c, ckey=ckey)
+
+
+def _allreduce(kind: str, x: Any, op: int, name: str | None, out: Any, timeout: Any,
+               process_set: Any, pre: float, post: float, sync: bool) -> Any:
+    comm, engine = _need(kind if sync else kind + "_async")
+    c, psid = _comm_for(comm, process_set, kind)
+    if _negotiated:
+        checked = _check_allreduce(kind, x, op, out, timeout, pre, post)
+        h = engine.enqueue([_allreduce_request(engine, c, psid, kind, name, op, checked, pre,
+                                               post)])[0]
+        return h.wait() if sync else h
+    if pre == 1.0 and post == 1.0:
+        job = ops.prepare_allreduce(c, x, op, out, timeout)
+    else:
+        job = fusion.scaled_allreduce_job(c, x, op, out, timeout, pre, post, kind)
+    label = _label(kind, name)
+    return engine.run(job, label) if sync else _submit(engine, job, label)
+
+
+def grouped_allreduce(xs: Sequence[Any], op: int = Average, name: str | None = None,
+                      outs: Sequence[Any] | None = None, timeout: float | None = None, *,
+                      process_set: Any = None, prescale_factor: float = 1.0,
+                      postscale_factor: float = 1.0) -> list:
+    """Allreduce every array of xs (one result per array, or into outs). Arrays of one
+    dtype travel as one fused collective."""
+    return _grouped_allreduce(xs, op, name, outs, timeout, process_set, prescale_factor,
+                              postscale_factor, True)
+
+
+def grouped_allreduce_async(xs: Sequence[Any], op: int = Average, name: str | None = None,
+                            outs: Sequence[Any] | None = None, timeout: float | None = None,
+                            *, process_set: Any = None, prescale_factor: float = 1.0,
+                            postscale_factor: float = 1.0) -> GroupHandle:
+    return _grouped_allreduce(xs, op, name, outs, timeout, process_set, prescale_factor,
+                              postscale_factor, False)
+
+
+def _group_names(engine: Any, kind: str, name: str | None, n: int) -> list[str]:
+    base = engine.name_for(kind, name)
+    return [f"{base}.{i}" for i in range(n)]
+
+
+def _grouped_allreduce(xs: Sequence[Any], op: int, name: str | None, outs: Any, timeout: Any,
+                       process_set: Any, pre: float, post: float, sync: bool) -> Any:
+    kind = "grouped_allreduce"
+    comm, engine = _need(kind if sync else kind + "_async")
+    xs = list(xs)
+    outs = [None] * len(xs) if outs is None else list(outs)
+    if len(outs) != len(xs):
+        raise InvalidUsage(f"collx.{kind}: {len(xs)} inputs but {len(outs)} outs")
+    c, psid = _comm_for(comm, process_set, kind)
+    if _negotiated:
+        checked = [_check_allreduce(kind, x, op, o, timeout, pre, post) for x, o in zip(xs, outs)]
+        names = _group_names(engine, kind, name, len(xs))
+        reqs = [_allreduce_request(engine, c, psid, kind, n, op, ch, pre, post)
+                for ch, n in zip(checked, names)]
+        handle = GroupHandle(engine.enqueue(reqs), name or kind)
+        return handle.wait() if sync else handle
+    job = fusion.grouped_allreduce_job(c, xs, op, outs, timeout, pre, post, kind)
+    label = _label(kind, name)
+    if sync:
+        return engine.run(job, label)
+    return _submit(engine, job, label)
+
+
+# ---- quantized allreduce (int8 blocks; collx/runtime/quantize.py) ---------------------
+
+def quantized_allreduce(x: Any, op: int = Average, name: str | None = None, out: Any = None,
+                        timeout: float | None = None, *, block: int = 64,
+                        process_set: Any = None) -> np.ndarray:
+    """Sum/Average of float16/32/64 x sent as int8 with one float32 scale per ``block``
+    elements (≈ 4x fewer bytes; error bound in collx/runtime/quantize.py). Results are
+    bitwise identical on every rank."""
+    return _quantized(x, op, name, out, timeout, block, process_set, True)
+
+
+def quantized_allreduce_async(x: Any, op: int = Average, name: str | None = None,
+                              out: Any = None, timeout: float | None = None, *,
+                              block: int = 64, process_set: Any = None) -> Handle:
+    return _quantized(x, op, name, out, timeout, block, process_set, False)
+
+
+def _quantized(x: Any, op: int, name: str | None, out: Any, timeout: Any, block: int,
+               process_set: Any, sync: bool) -> Any:
+    from .runtime import quantize
+    kind = "quantized_allreduce"
+    return _call(kind, name, process_set, timeout, sync,
+                 lambda c: quantize.prepare_quantized_allreduce(c, x, op, out, timeout, block=block),
+                 lambda: {**_meta(x, kind), "op": ops.REDOP_NAMES.get(op, op), "block": block})
 
 
 # ---- broadcast -------------------------------------------------------------------------
 
 def broadcast(x: Any, root_rank: int, name: str | None = None, out: Any = None,
-              timeout: float | None = None) -> np.ndarray:
-    """Every rank gets root_rank's x (a new array, or out=); x is not modified."""
-    comm, engine = _need("broadcast")
-    return engine.run(ops.prepare_broadcast(comm, x, root_rank, out, timeout), _label("broadcast", name))
+              timeout: float | None = None, *, process_set: Any = None) -> np.ndarray:
+    """Every rank gets root_rank's x (a new array, or out=); x is not modified. With
+    process_set=, root_rank is the world rank of a member (Horovod)."""
+    return _call("broadcast", name, process_set, timeout, True,
+                 lambda c: ops.prepare_broadcast(c, x, _root(process_set, root_rank, "broadcast"),
+                                           out, timeout),
+                 lambda: {**_meta(x, "broadcast"), "root": int(root_rank)})
 
 
 def broadcast_(x: Any, root_rank: int, name: str | None = None,
-               timeout: float | None = None) -> np.ndarray:
+               timeout: float | None = None, *, process_set: Any = None) -> np.ndarray:
     """In-place broadcast: x is overwritten with root_rank's values."""
-    return broadcast(x, root_rank, name, out=x, timeout=timeout)
+    return broadcast(x, root_rank, name, out=x, timeout=timeout, process_set=process_set)
 
 
 def broadcast_async(x: Any, root_rank: int, name: str | None = None, out: Any = None,
-                    timeout: float | None = None) -> Handle:
-    comm, engine = _need("broadcast_async")
-    return _submit(engine, ops.prepare_broadcast(comm, x, root_rank, out, timeout), _label("broadcast", name))
+                    timeout: float | None = None, *, process_set: Any = None) -> Handle:
+    return _call("broadcast", name, process_set, timeout, False,
+                 lambda c: ops.prepare_broadcast(c, x, _root(process_set, root_rank, "broadcast"),
+                                           out, timeout),
+                 lambda: {**_meta(x, "broadcast"), "root": int(root_rank)})
+
+
+def broadcast_async_(x: Any, root_rank: int, name: str | None = None,
+                     timeout: float | None = None, *, process_set: Any = None) -> Handle:
+    return broadcast_async(x, root_rank, name, out=x, timeout=timeout, process_set=process_set)
 
 
 # ---- allgather / reducescatter / alltoall ----------------------------------------------
 
 def allgather(x: Any, name: str | None = None, out: Any = None,
-              timeout: float | None = None) -> np.ndarray:
+              timeout: float | None = None, *, process_set: Any = None) -> np.ndarray:
     """Concatenate every rank's x along the first dimension (which may differ per rank)."""
-    comm, engine = _need("allgather")
-    return engine.run(ops.prepare_allgather(comm, x, out, timeout), _label("allgather", name))
+    return _call("allgather", name, process_set, timeout, True,
+                 lambda c: ops.prepare_allgather(c, x, out, timeout),
+                 lambda: _meta(x, "allgather", first=False))
 
 
 def allgather_async(x: Any, name: str | None = None, out: Any = None,
-                    timeout: float | None = None) -> Handle:
-    comm, engine = _need("allgather_async")
-    return _submit(engine, ops.prepare_allgather(comm, x, out, timeout), _label("allgather", name))
+                    timeout: float | None = None, *, process_set: Any = None) -> Handle:
+    return _call("allgather", name, process_set, timeout, False,
+                 lambda c: ops.prepare_allgather(c, x, out, timeout),
+                 lambda: _meta(x, "allgather", first=False))
+
+
+def grouped_allgather(xs: Sequence[Any], name: str | None = None, timeout: float | None = None,
+                      *, process_set: Any = None) -> list:
+    return grouped_allgather_async(xs, name, timeout, process_set=process_set).wait()
+
+
+def grouped_allgather_async(xs: Sequence[Any], name: str | None = None,
+                            timeout: float | None = None, *, process_set: Any = None) -> GroupHandle:
+    return _grouped("grouped_allgather", list(xs), name, lambda x, n: allgather_async(
+        x, n, timeout=timeout, process_set=process_set))
 
 
 def reducescatter(x: Any, op: int = Average, name: str | None = None,
-                  timeout: float | None = None) -> np.ndarray:
+                  timeout: float | None = None, *, process_set: Any = None,
+                  prescale_factor: float = 1.0, postscale_factor: float = 1.0) -> np.ndarray:
     """Reduce x over ranks and give rank r the r-th part of the first dimension (split as
     evenly as possible, the first ranks getting one row more)."""
-    comm, engine = _need("reducescatter")
-    return engine.run(ops.prepare_reducescatter(comm, x, op, timeout), _label("reducescatter", name))
+    return _reducescatter(x, op, name, timeout, process_set, prescale_factor,
+                          postscale_factor, True)
 
 
 def reducescatter_async(x: Any, op: int = Average, name: str | None = None,
-                        timeout: float | None = None) -> Handle:
-    comm, engine = _need("reducescatter_async")
-    return _submit(engine, ops.prepare_reducescatter(comm, x, op, timeout), _label("reducescatter", name))
+                        timeout: float | None = None, *, process_set: Any = None,
+                        prescale_factor: float = 1.0, postscale_factor: float = 1.0) -> Handle:
+    return _reducescatter(x, op, name, timeout, process_set, prescale_factor,
+                          postscale_factor, False)
+
+
+def _reducescatter(x: Any, op: int, name: str | None, timeout: Any, process_set: Any,
+                   pre: float, post: float, sync: bool) -> Any:
+    kind = "reducescatter"
+    fusion.check_factors(pre, post, kind)
+    return _call(kind, name, process_set, timeout, sync,
+                 lambda c: fusion.scaled_job(ops.prepare_reducescatter, c, x, pre, post, kind,
+                                             op, timeout),
+                 lambda: {**_meta(x, kind), "op": ops.REDOP_NAMES.get(op, op),
+                          "prescale": float(pre), "postscale": float(post)})
+
+
+def grouped_reducescatter(xs: Sequence[Any], op: int = Average, name: str | None = None,
+                          timeout: float | None = None, *, process_set: Any = None,
+                          prescale_factor: float = 1.0, postscale_factor: float = 1.0) -> list:
+    return grouped_reducescatter_async(xs, op, name, timeout, process_set=process_set,
+                                       prescale_factor=prescale_factor,
+                                       postscale_factor=postscale_factor).wait()
+
+
+def grouped_reducescatter_async(xs: Sequence[Any], op: int = Average, name: str | None = None,
+                                timeout: float | None = None, *, process_set: Any = None,
+                                prescale_factor: float = 1.0,
+                                postscale_factor: float = 1.0) -> GroupHandle:
+    return _grouped("grouped_reducescatter", list(xs), name, lambda x, n: reducescatter_async(
+        x, op, n, timeout, process_set=process_set, prescale_factor=prescale_factor,
+        postscale_factor=postscale_factor))
+
+
+def _grouped(kind: str, xs: list, name: str | None,
+             start: Callable[[Any, str | None], Handle]) -> GroupHandle:
+    """A group of async calls, named ``{name}.{i}`` (negotiated: one base name per group)."""
+    engine = _need(kind)[1]
+    if _negotiated:
+        names: list[str | None] = _group_names(engine, kind, name, len(xs))
+    else:
+        names = [f"{name}.{i}" if name else None for i in range(len(xs))]
+    return GroupHandle([start(x, n) for x, n in zip(xs, names)], name or kind)
 
 
 def alltoall(x: Any, splits: Any = None, name: str | None = None,
-             timeout: float | None = None) -> Any:
+             timeout: float | None = None, *, process_set: Any = None) -> Any:
     """Send splits[d] rows of x to rank d (even split when splits is None). Returns the rows
     received in rank order, and with splits given also the received splits."""
-    comm, engine = _need("alltoall")
-    return engine.run(ops.prepare_alltoall(comm, x, splits, timeout), _label("alltoall", name))
+    return _call("alltoall", name, process_set, timeout, True,
+                 lambda c: ops.prepare_alltoall(c, x, splits, timeout),
+                 lambda: {**_meta(x, "alltoall", first=False), "splits": splits is not None})
 
 
 def alltoall_async(x: Any, splits: Any = None, name: str | None = None,
-                   timeout: float | None = None) -> Handle:
-    comm, engine = _need("alltoall_async")
-    return _submit(engine, ops.prepare_alltoall(comm, x, splits, timeout), _label("alltoall", name))
+                   timeout: float | None = None, *, process_set: Any = None) -> Handle:
+    return _call("alltoall", name, process_set, timeout, False,
+                 lambda c: ops.prepare_alltoall(c, x, splits, timeout),
+                 lambda: {**_meta(x, "alltoall", first=False), "splits": splits is not None})
 
 
 # ---- MPI-style rooted collectives ------------------------------------------------------
 
 def reduce(x: Any, root_rank: int = 0, op: int = Sum, out: Any = None,
-           timeout: float | None = None) -> np.ndarray | None:
+           timeout: float | None = None, *, name: str | None = None,
+           process_set: Any = None) -> np.ndarray | None:
     """Reduce x over ranks onto root_rank; returns the result there and None elsewhere."""
-    comm, engine = _need("reduce")
-    return engine.run(ops.prepare_reduce(comm, x, root_rank, op, out, timeout), "reduce")
+    return _reduce(x, root_rank, op, out, timeout, name, process_set, True)
 
 
 def reduce_async(x: Any, root_rank: int = 0, op: int = Sum, out: Any = None,
-                 timeout: float | None = None) -> Handle:
-    comm, engine = _need("reduce_async")
-    return _submit(engine, ops.prepare_reduce(comm, x, root_rank, op, out, timeout), "reduce")
+                 timeout: float | None = None, *, name: str | None = None,
+                 process_set: Any = None) -> Handle:
+    return _reduce(x, root_rank, op, out, timeout, name, process_set, False)
 
 
-def gather(x: Any, root_rank: int = 0, timeout: float | None = None) -> np.ndarray | None:
+def _reduce(x, root_rank, op, out, timeout, name, process_set, sync) -> Any:  # noqa: ANN001
+    return _call("reduce", name, process_set, timeout, sync,
+                 lambda c: ops.prepare_reduce(c, x, _root(process_set, root_rank, "reduce"),
+                                           op, out, timeout),
+                 lambda: {**_meta(x, "reduce"), "root": int(root_rank),
+                          "op": ops.REDOP_NAMES.get(op, op)})
+
+
+def gather(x: Any, root_rank: int = 0, timeout: float | None = None, *,
+           name: str | None = None, process_set: Any = None) -> np.ndarray | None:
     """Concatenate every rank's x on root_rank (None elsewhere); first dims may differ."""
-    comm, engine = _need("gather")
-    return engine.run(ops.prepare_gather(comm, x, root_rank, timeout), "gather")
+    return _call("gather", name, process_set, timeout, True,
+                 lambda c: ops.prepare_gather(c, x, _root(process_set, root_rank, "gather"),
+                                           timeout),
+                 lambda: {**_meta(x, "gather", first=False), "root": int(root_rank)})
 
 
-def gather_async(x: Any, root_rank: int = 0, timeout: float | None = None) -> Handle:
-    comm, engine = _need("gather_async")
-    return _submit(engine, ops.prepare_gather(comm, x, root_rank, timeout), "gather")
+def gather_async(x: Any, root_rank: int = 0, timeout: float | None = None, *,
+                 name: str | None = None, process_set: Any = None) -> Handle:
+    return _call("gather", name, process_set, timeout, False,
+                 lambda c: ops.prepare_gather(c, x, _root(process_set, root_rank, "gather"),
+                                           timeout),
+                 lambda: {**_meta(x, "gather", first=False), "root": int(root_rank)})
 
 
-def scatter(x: Any, root_rank: int = 0, out: Any = None,
-            timeout: float | None = None) -> np.ndarray:
+def scatter(x: Any, root_rank: int = 0, out: Any = None, timeout: float | None = None, *,
+            name: str | None = None, process_set: Any = None) -> np.ndarray:
     """Split root_rank's x along the first dimension; rank r gets part r. Every rank passes
     an array of the root's shape and dtype (only the root's values are read)."""
-    comm, engine = _need("scatter")
-    return engine.run(ops.prepare_scatter(comm, x, root_rank, out, timeout), "scatter")
+    return _call("scatter", name, process_set, timeout, True,
+                 lambda c: ops.prepare_scatter(c, x, _root(process_set, root_rank, "scatter"),
+                                           out, timeout),
+                 lambda: {**_meta(x, "scatter"), "root": int(root_rank)})
 
 
-def scatter_async(x: Any, root_rank: int = 0, out: Any = None,
-                  timeout: float | None = None) -> Handle:
-    comm, engine = _need("scatter_async")
-    return _submit(engine, ops.prepare_scatter(comm, x, root_rank, out, timeout), "scatter")
+def scatter_async(x: Any, root_rank: int = 0, out: Any = None, timeout: float | None = None,
+                  *, name: str | None = None, process_set: Any = None) -> Handle:
+    return _call("scatter", name, process_set, timeout, False,
+                 lambda c: ops.prepare_scatter(c, x, _root(process_set, root_rank, "scatter"),
+                                           out, timeout),
+                 lambda: {**_meta(x, "scatter"), "root": int(root_rank)})
 
 
-def barrier(timeout: float | None = None) -> None:
-    comm, engine = _need("barrier")
-    engine.run(ops.prepare_barrier(comm, timeout), "barrier")
+def barrier(timeout: float | None = None, *, process_set: Any = None) -> None:
+    _call("barrier", None, process_set, timeout, True,
+          lambda c: ops.prepare_barrier(c, timeout), dict)
 
 
-def barrier_async(timeout: float | None = None) -> Handle:
-    comm, engine = _need("barrier_async")
-    return _submit(engine, ops.prepare_barrier(comm, timeout), "barrier")
+def barrier_async(timeout: float | None = None, *, process_set: Any = None) -> Handle:
+    return _call("barrier", None, process_set, timeout, False,
+                 lambda c: ops.prepare_barrier(c, timeout), dict)
 
 
-# ---- point to point --------------------------------------------------------------------
+# ---- point to point (ordered engine only) ----------------------------------------------
+
+def _p2p(op: str) -> tuple[Communicator, Engine]:
+    comm, engine = _need(op)
+    if _negotiated:
+        raise InvalidUsage(f"collx.{op}: send/recv need the ordered engine: collx.init() "
+                           f"(this job runs the negotiated engine, where every rank of a "
+                           f"set takes part in agreeing what runs next)")
+    return comm, engine
+
 
 def send(x: Any, dst: int, tag: int = 0, timeout: float | None = None) -> None:
     """Send x to rank dst. Messages between two ranks match in order; the tags of a
     matching send and recv must agree (else MismatchError)."""
-    comm, engine = _need("send")
+    comm, engine = _p2p("send")
     engine.run(ops.prepare_send(comm, x, dst, tag, timeout), "send")
 
 
 def send_async(x: Any, dst: int, tag: int = 0, timeout: float | None = None) -> Handle:
-    comm, engine = _need("send_async")
+    comm, engine = _p2p("send_async")
     return _submit(engine, ops.prepare_send(comm, x, dst, tag, timeout), "send")
 
 
 def recv(out: Any, src: int, tag: int = 0, timeout: float | None = None) -> np.ndarray:
     """Receive into out (its size must equal the matching send's) from rank src."""
-    comm, engine = _need("recv")
+    comm, engine = _p2p("recv")
     return engine.run(ops.prepare_recv(comm, out, src, tag, timeout), "recv")
 
 
 def recv_async(out: Any, src: int, tag: int = 0, timeout: float | None = None) -> Handle:
-    comm, engine = _need("recv_async")
+    comm, engine = _p2p("recv_async")
     return _submit(engine, ops.prepare_recv(comm, out, src, tag, timeout), "recv")
+
+
+# ---- join, process sets, timeline ------------------------------------------------------
+
+def join(timeout: float | None = None) -> int:
+    """Negotiated engine: this rank has no more work; until every rank has joined, its
+    worker keeps serving the others (contributing zeros to their allreduces, no rows to
+    their allgathers). Returns the last rank to join."""
+    comm, engine = _need("join")
+    if not _negotiated:
+        raise InvalidUsage("collx.join: needs the negotiated engine: collx.init(negotiate=True) "
+                           "or COLLX_ENGINE=negotiated (collx.torch.init() starts it)")
+    return engine.join(ops._check_timeout(timeout, "join"))
+
+
+def add_process_set(ps_or_ranks: Any) -> Any:
+    """Register a process set (collective over the world: every rank calls it with the same
+    ranks, in the same order among process-set calls). Returns the ProcessSet."""
+    try:
+        ranks: Any = sorted(int(r) for r in getattr(ps_or_ranks, "ranks", ps_or_ranks))
+    except (TypeError, ValueError):
+        ranks = repr(ps_or_ranks)        # refused by the table's own check, on every rank
+    return _ps_call("add_process_set", lambda t: t.add(ps_or_ranks), {"ranks": ranks})
+
+
+def remove_process_set(ps: Any) -> Any:
+    """Unregister a process set (collective over the world, like add_process_set)."""
+    psid = getattr(ps, "process_set_id", None)
+    return _ps_call("remove_process_set", lambda t: t.remove(ps), {"process_set_id": psid},
+                    removed=psid)
+
+
+def _ps_call(op: str, fn: Callable[[Any], Any], agree: dict, removed: Any = None) -> Any:
+    comm, engine = _need(op)
+    table = _table
+    if table is None:
+        raise InvalidUsage(f"collx.{op}: process sets are not available in this build")
+    if _negotiated:
+        req = Request(engine.name_for(op, None), op, 0, agree, job=lambda: fn(table),
+                      timeout=None, removes=removed)
+        return engine.enqueue([req])[0].wait()
+    return engine.run(lambda: fn(table), op)
+
+
+def start_timeline(path: str, mark_cycles: bool = False) -> None:
+    """Rank 0 writes a Chrome trace of the negotiated engine's work to ``path``."""
+    _need("start_timeline")
+    _timeline.start(path, mark_cycles)
+
+
+def stop_timeline() -> None:
+    _timeline.stop()
 
 
 # ---- handles ---------------------------------------------------------------------------
@@ -310,3 +708,11 @@ def poll(handle: Handle) -> bool:
 def synchronize(handle: Handle, timeout: float | None = None) -> Any:
     """Wait for an async operation and return its result (or raise its error)."""
     return handle.wait(timeout)
+
+
+def __getattr__(name: str) -> Any:
+    """ProcessSet and global_process_set come from collx/runtime/process_sets.py."""
+    if name in ("ProcessSet", "global_process_set"):
+        from .runtime import process_sets
+        return getattr(process_sets, name)
+    raise AttributeError(f"module 'collx.api' has no attribute {name!r}")

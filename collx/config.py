@@ -78,6 +78,33 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
          "prefers its measurements over the cost model where it has data"),
     Knob("COLLX_LOG", str, "warning", "debug | info | warning: debug logs every algorithm "
          "decision with its reason"),
+    # engines (collx/runtime/engine.py: ordered; collx/runtime/negotiated_engine.py)
+    Knob("COLLX_ENGINE", str, "ordered", "ordered | negotiated: the engine collx.init() "
+         "starts when init(negotiate=) is not given. ordered: every rank calls collectives "
+         "in the same program order (MPI); negotiated: ranks may submit in different orders, "
+         "a background worker agrees on what is ready and fuses small allreduces (Horovod; "
+         "collx.torch uses it)"),
+    Knob("COLLX_CYCLE_TIME", float, 1.0, "negotiated engine: milliseconds between "
+         "coordination cycles while idle (a local submit starts a cycle at once)"),
+    Knob("COLLX_FUSION_THRESHOLD", int, 64 << 20, "negotiated engine: bytes of ready "
+         "allreduces (same process set, dtype, op and scale factors) fused into one "
+         "collective; 0 = no fusion"),
+    Knob("COLLX_CACHE_CAPACITY", int, 1024, "negotiated engine: entries of the response "
+         "cache (a request seen before is announced by one bit instead of its description; "
+         "least recently used entries are evicted)"),
+    Knob("COLLX_STALL_WARNING", float, 60.0, "negotiated engine: seconds a tensor may wait "
+         "for other ranks before rank 0 warns (logging and stderr), naming the tensors and "
+         "the missing ranks; repeated every as many seconds; the handles fail with "
+         "CollxTimeout after COLLX_TIMEOUT (or the call's timeout=)"),
+    Knob("COLLX_FREEZE_AFTER", int, 0, "negotiated engine: after this many identical periods "
+         "(a training step's allreduces: same tensors, same groups; >= 2) run them in that "
+         "frozen order without negotiation until something does not fit "
+         "(collx/runtime/frozen.py); 0 = never freeze"),
+    Knob("COLLX_TIMELINE", str, None, "negotiated engine: rank 0 writes a Chrome trace (JSON, "
+         "opens in Perfetto / chrome://tracing) of every tensor's NEGOTIATE, QUEUE, FUSE, "
+         "collective and UNFUSE phases to this path"),
+    Knob("COLLX_TIMELINE_MARK_CYCLES", bool, False, "with COLLX_TIMELINE: also mark every "
+         "coordination cycle that produced work"),
     # launcher (collxrun)
     Knob("COLLX_GRACE", float, 5.0, "seconds collxrun waits after SIGTERM before it "
          "SIGKILLs the ranks' process groups (collxrun --grace overrides)"),

@@ -3,7 +3,11 @@
     collxrun -np 4 python train.py
     collxrun -np 2 -H localhost:2 --timeout 600 python train.py --lr 0.1
     collxrun -np 4 --servers 2 python train.py
+    collxrun -np 4 --timeline-filename tl.json --fusion-threshold-mb 32 python train.py
 
+The horovodrun-style flags ``--timeline-filename``, ``--fusion-threshold-mb`` and
+``--cycle-time-ms`` only set COLLX_TIMELINE, COLLX_FUSION_THRESHOLD (bytes) and
+COLLX_CYCLE_TIME in the ranks' environment (knobs of the negotiated engine).
 
 collxrun makes a fresh job secret, serves the rendezvous store (TCPStoreServer on
 127.0.0.1) from its own threads, starts every rank with COLLX_RANK, COLLX_SIZE,
@@ -24,6 +28,7 @@ Imports only collx.config, collx.errors and collx.rendezvous: it works without c
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 
@@ -33,7 +38,12 @@ from ..rendezvous import TCPStoreServer
 from . import local
 from .spec import parse_hosts, plan, plan_servers
 
-_VALUE_OPTS = {"-np", "--num-proc", "-H", "--hosts", "--timeout", "--grace", "--servers"}
+_VALUE_OPTS = {"-np", "--num-proc", "-H", "--hosts", "--timeout", "--grace", "--servers",
+               "--timeline-filename", "--fusion-threshold-mb", "--cycle-time-ms"}
+# horovodrun-style flags that only set a COLLX_* knob in the ranks' environment
+_ENV_FLAGS = {"timeline_filename": ("COLLX_TIMELINE", str),
+              "fusion_threshold_mb": ("COLLX_FUSION_THRESHOLD", lambda mb: str(int(mb * (1 << 20)))),
+              "cycle_time_ms": ("COLLX_CYCLE_TIME", str)}
 _FLAG_OPTS = {"--no-prefix", "-h", "--help"}
 
 
@@ -59,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
                         "(no COLLX_RANK), output prefixed [s<k>]. A server failing before "
                         "the ranks finish fails the job; once every rank exited 0 the "
                         "servers get SIGTERM (SIGKILL after --grace). Default 0")
+    p.add_argument("--timeline-filename", default=None, metavar="PATH",
+                   help="negotiated engine: rank 0 writes a Chrome trace of every tensor's "
+                        "phases to PATH (sets COLLX_TIMELINE)")
+    p.add_argument("--fusion-threshold-mb", type=float, default=None, metavar="MB",
+                   help="negotiated engine: fuse ready allreduces up to MB mebibytes; 0 = no "
+                        "fusion (sets COLLX_FUSION_THRESHOLD, default 64)")
+    p.add_argument("--cycle-time-ms", type=float, default=None, metavar="MS",
+                   help="negotiated engine: milliseconds between coordination cycles "
+                        "(sets COLLX_CYCLE_TIME, default 1)")
     p.add_argument("--no-prefix", action="store_true",
                    help="pass rank output through unchanged (no [rank] prefix)")
     return p
@@ -107,6 +126,19 @@ def parse_launch(argv: list[str] | None, parser: argparse.ArgumentParser, prog: 
     return args, command
 
 
+def knob_env(args: argparse.Namespace) -> dict[str, str]:
+    """The COLLX_* variables the horovodrun-style flags set (only those given)."""
+    env = {}
+    for attr, (knob, conv) in _ENV_FLAGS.items():
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        if attr != "timeline_filename" and value < 0:
+            raise CollxError(f"--{attr.replace('_', '-')} must be >= 0")
+        env[knob] = conv(value)
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of collxrun; returns the process exit code."""
     parsed = parse_launch(argv, _parser(), "collxrun")
@@ -119,9 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         grace = args.grace if args.grace is not None else config.get("COLLX_GRACE")
         if grace < 0 or (args.timeout is not None and args.timeout <= 0):
             raise CollxError("--grace must be >= 0 and --timeout > 0")
+        env = knob_env(args)
     except CollxError as exc:
         sys.stderr.write(f"collxrun: error: {exc}\n")
         return 2
+    if env:
+        os.environ.update(env)       # the ranks inherit this environment
     secret = secrets.token_hex(32)
     server = TCPStoreServer("127.0.0.1", 0, secret=secret.encode()).start()
     try:

@@ -176,6 +176,8 @@ def init_communicator(timeout: float | None = None) -> Communicator:
     records, comm.transports = connect_mesh(comm.ccomm, store, rank, size + servers, secret,
                                             timeout, prefix=f"collx/g{generation}")
     all_records, records = records, records[:size]   # servers are not in the user's world
+    comm.store_prefix = f"collx/g{generation}"
+    comm.host_addr = records[rank].host
     comm.host_groups = host_groups(records)
     lr, ls, cr, cs = _locality(rank, records)
     comm.local_rank = _override("COLLX_LOCAL_RANK", lr, _MPI_LOCAL_VARS if mode == "mpi" else ())

@@ -49,18 +49,19 @@ _REDOP_NAMES = {_C.SUM: "Sum", _C.PROD: "Product", _C.MIN: "Min", _C.MAX: "Max",
                 _C.AVERAGE: "Average"}
 
 
-def _annotated(exc: CollxError, plan: Plan, dtype: int, redop: int) -> CollxError:
+def _annotated(exc: CollxError, plan: Plan, dtype: int, redop: int,
+               where: str = "") -> CollxError:
     """The same error, its message prefixed with the op (and, for a mismatch, what this
     rank called), so that every rank's message says which collective failed."""
     op = plan.key[0] if plan.key else "collective"
     msg = f"collx.{op}: {exc}"
     if isinstance(exc, MismatchError):
-        msg += (f" [this rank ran {plan.describe()}, dtype {_C.DTYPE_NAMES[dtype]}, op "
+        msg += (f" [this rank ran {plan.describe()}{where}, dtype {_C.DTYPE_NAMES[dtype]}, op "
                 f"{_REDOP_NAMES.get(redop, redop)}]")
     elif isinstance(exc, CollxTimeout) and not op.endswith("-meta"):
         # the algorithm is chosen per size: ranks that pass different sizes may run
         # schedules with different peers, and then wait instead of seeing a mismatch
-        msg += (f" [this rank ran {plan.describe()}, dtype {_C.DTYPE_NAMES[dtype]}; if the "
+        msg += (f" [this rank ran {plan.describe()}{where}, dtype {_C.DTYPE_NAMES[dtype]}; if the "
                 f"ranks passed different sizes to this call they may have chosen different "
                 f"algorithms — check that every rank passes the same shape]")
     new = type(exc)(msg)
@@ -93,6 +94,18 @@ class Communicator:
     topology: Any = None
     probe: Any = None
     selector: Any = None
+    # process sets (collx/runtime/process_sets.py): the world rank of each rank of this
+    # communicator (None: this is the world), a salt that enters every fingerprint (so a
+    # set's messages never match the world's or another set's), and whether close()
+    # closes ccomm (a set's communicator shares the world's)
+    peers: Any = None
+    fp_salt: str = ""
+    # store keys of this generation of the job's mesh ("collx/g<N>") and the address this
+    # rank's data listener is bound to (peers reach it there): for later exchanges such as
+    # the negotiated engine's doorbells (collx/runtime/wake.py)
+    store_prefix: str = ""
+    host_addr: str = "127.0.0.1"
+    owns_ccomm: bool = True
     _plans: "OrderedDict[tuple, Plan]" = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -130,7 +143,7 @@ class Communicator:
         if plan is not None:
             return plan
         schedule = build()
-        steps, deps, scratch = pack_rank(schedule, self.rank, itemsize)
+        steps, deps, scratch = pack_rank(schedule, self.rank, itemsize, self.peers)
         capsule = self.ccomm.plan(steps, deps, scratch)
         plan = Plan(capsule, zlib.crc32(repr(full_key).encode()), schedule.algo,
                     len(schedule.steps[self.rank]), full_key)
@@ -143,8 +156,8 @@ class Communicator:
     def _fingerprint(self, plan: Plan, dtype: int, redop: int) -> int:
         fp = plan.fingerprints.get((dtype, redop))
         if fp is None:
-            fp = plan.fingerprints[(dtype, redop)] = zlib.crc32(f"|{dtype}|{redop}".encode(),
-                                                                plan.fingerprint)
+            fp = plan.fingerprints[(dtype, redop)] = zlib.crc32(
+                f"|{dtype}|{redop}{self.fp_salt}".encode(), plan.fingerprint)
         return fp
 
     def register_fast(self, plan: Plan, nbytes: int, dtype: int, redop: int) -> None:
@@ -152,7 +165,13 @@ class Communicator:
         go straight to C: collx._C.Comm.allreduce_fast. Registered on every call that took
         the Python path: the C table has one slot per hash of (bytes, dtype, op), so another
         plan (a colliding size, or another algorithm chosen for these bytes) may have taken
-        the slot since — which is exactly why this call missed the fast path."""
+        the slot since — which is exactly why this call missed the fast path.
+
+        A process set's communicator never registers: the C table belongs to the shared
+        ccomm and is keyed without the set, so the world's allreduce_fast would replay a
+        set's plan."""
+        if self.peers is not None:
+            return
         self.ccomm.fast_register(nbytes, dtype, redop, plan.capsule,
                                  self._fingerprint(plan, dtype, redop),
                                  self.size if redop == _C.AVERAGE else 1)
@@ -168,10 +187,12 @@ class Communicator:
             self.ccomm.execute(plan.capsule, inbuf, outbuf, dtype, redop,
                                self.size if redop == _C.AVERAGE else 1, fp, t)
         except CollxError as exc:
-            raise _annotated(exc, plan, dtype, redop) from None
+            where = "" if self.peers is None else f" on the process set of world ranks " \
+                f"{list(self.peers)}"
+            raise _annotated(exc, plan, dtype, redop, where) from None
 
     def close(self) -> None:
-        if self.ccomm is not None:
+        if self.ccomm is not None and self.owns_ccomm:
             self.ccomm.close()
         if self.store is not None:
             try:

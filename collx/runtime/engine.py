@@ -16,29 +16,73 @@ from ..errors import CollxTimeout, InvalidUsage
 
 
 class Handle:
-    """The future of an async collective: poll() it or synchronize() on it."""
+    """The future of an async collective: poll() it or synchronize() on it.
 
-    __slots__ = ("name", "_event", "_result", "_error")
+    Completion is signalled by releasing a lock taken at creation (cheaper to make than a
+    threading.Event: the negotiated engine makes one per tensor)."""
+
+    __slots__ = ("name", "_lock", "_done", "_result", "_error")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._done = False
         self._result: Any = None
         self._error: BaseException | None = None
 
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._done
 
     def wait(self, timeout: float | None = None) -> Any:
-        if not self._event.wait(timeout):
-            raise CollxTimeout(f"collx.synchronize: {self.name} not done after {timeout} s")
+        if not self._done:
+            if timeout is None:
+                got = self._lock.acquire()
+            elif timeout > 0:
+                got = self._lock.acquire(True, timeout)
+            else:
+                got = self._lock.acquire(False)
+            if not got:
+                raise CollxTimeout(f"collx.synchronize: {self.name} not done after {timeout} s")
+            self._lock.release()          # let other waiters through
         if self._error is not None:
             raise self._error
         return self._result
 
     def _finish(self, result: Any, error: BaseException | None) -> None:
+        if self._done:
+            return
         self._result, self._error = result, error
-        self._event.set()
+        self._done = True
+        self._lock.release()
+
+
+class GroupHandle:
+    """Several handles as one: wait() returns the list of their results (the first error
+    raises, after every member finished or failed)."""
+
+    __slots__ = ("name", "handles")
+
+    def __init__(self, handles: list, name: str) -> None:
+        self.name = name
+        self.handles = handles
+
+    def done(self) -> bool:
+        return all(h.done() for h in self.handles)
+
+    def wait(self, timeout: float | None = None) -> list:
+        results, error = [], None
+        for h in self.handles:
+            try:
+                results.append(h.wait(timeout))
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                if isinstance(exc, CollxTimeout) and timeout is not None:
+                    raise
+                error = error or exc
+                results.append(None)
+        if error is not None:
+            raise error
+        return results
 
 
 class Engine:

@@ -1,6 +1,9 @@
 """The collectives on buffers: validate everything, then return a job that runs the plan.
 
-Each ``prepare_*`` refuses bad input with InvalidUsage *before* anything is sent, allocates
+Each ``prepare_*`` takes the Communicator to run on: the world's, or a process set's
+(collx/runtime/process_sets.py: rank, size, roots and peers are then the set's, and the
+Communicator maps them to world ranks when it packs a plan). Each
+``prepare_*`` refuses bad input with InvalidUsage *before* anything is sent, allocates
 the output, and returns a zero-argument job that the engine runs inline (synchronous
 calls) or on its worker (async calls). A job may run several plans (e.g. allgather first
 agrees on the per-rank first dimensions); they stay in one job so that every rank runs them
@@ -59,17 +62,24 @@ def _splittable(x: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _scope(comm: Communicator) -> str:
+    """What rank numbers mean on ``comm``: the job's, or a process set's (set ranks)."""
+    if comm.peers is None:
+        return "this job"
+    return f"this process set (set ranks of world ranks {list(comm.peers)})"
+
+
 def _check_root(comm: Communicator, root: int, name: str) -> int:
     if not isinstance(root, (int, np.integer)) or not 0 <= root < comm.size:
-        raise InvalidUsage(f"collx.{name}: root_rank={root!r} is not a rank of this job "
+        raise InvalidUsage(f"collx.{name}: root_rank={root!r} is not a rank of {_scope(comm)} "
                            f"(0..{comm.size - 1})")
     return int(root)
 
 
 def _check_peer(comm: Communicator, peer: int, name: str, what: str) -> int:
     if not isinstance(peer, (int, np.integer)) or not 0 <= peer < comm.size or peer == comm.rank:
-        raise InvalidUsage(f"collx.{name}: {what}={peer!r} must be another rank (0..{comm.size - 1}, "
-                           f"not this rank {comm.rank})")
+        raise InvalidUsage(f"collx.{name}: {what}={peer!r} must be another rank of "
+                           f"{_scope(comm)} (0..{comm.size - 1}, not this rank {comm.rank})")
     return int(peer)
 
 
