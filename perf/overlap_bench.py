@@ -49,7 +49,6 @@ def run_rank(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     x, y = ex.make_dataset(args.batch_size * size * 8, seed=1)
     model = ex.Net()
-    marks: list[tuple[float, float]] = []          # (backward start, backward end) per step
     if args.mode == "collx":
         import collx.torch as hvd
         hvd.init()
@@ -65,7 +64,9 @@ def run_rank(args: argparse.Namespace) -> dict:
                                 rank=rank, world_size=size)
         net = DDP(model)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-        done = dist.destroy_process_group
+        def done() -> None:
+            dist.barrier()                # nobody tears gloo down under a peer still in it
+            dist.destroy_process_group()
     times = []
     for step in range(args.warmup + args.steps):
         lo = ((step * size + rank) * args.batch_size) % (len(x) - args.batch_size)
@@ -73,39 +74,39 @@ def run_rank(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         opt.zero_grad()
         loss = F.nll_loss(net(xb), yb)
-        b0 = time.time()
         loss.backward()
-        b1 = time.time()
         opt.step()
         t1 = time.perf_counter()
         if step >= args.warmup:
             times.append(t1 - t0)
-            marks.append((b0, b1))
     done()
     return {"mode": args.mode, "np": size, "rank": rank, "steps": args.steps,
             "batch": args.batch_size, "step_ms_median": 1e3 * statistics.median(times),
-            "step_ms_mean": 1e3 * statistics.fmean(times), "backward_marks": marks}
+            "step_ms_mean": 1e3 * statistics.fmean(times)}
 
 
-def overlap_share(trace_path: str, marks: list[tuple[float, float]]) -> float | None:
-    """Share of steps whose earliest collective event in the timeline starts before that
-    step's backward ended. Timeline timestamps are microseconds since the epoch of
-    time.time() (collx.runtime.timeline writes them so); None if the trace has none."""
+def overlap_share(trace_path: str) -> float | None:
+    """Share of BACKWARD spans (first to last gradient hook of a step, written by
+    collx.torch's DistributedOptimizer) inside which an ALLREDUCE of the timeline starts:
+    communication that began while backward was still running. None without spans."""
     try:
         data = json.loads(Path(trace_path).read_text())
     except (OSError, ValueError):
         return None
     events = data["traceEvents"] if isinstance(data, dict) else data
-    starts = sorted(e["ts"] / 1e6 for e in events
-                    if e.get("ph") in ("B", "X") and e.get("name", "").upper() in
+    starts = sorted(e["ts"] for e in events if e.get("ph") == "X" and e.get("name") in
                     ("ALLREDUCE", "QUANTIZED_ALLREDUCE"))
-    if not starts or not marks:
+    opened, spans = None, []
+    for e in sorted((e for e in events if e.get("name") == "BACKWARD"), key=lambda e: e["ts"]):
+        if e["ph"] == "B":
+            opened = e["ts"]
+        elif e["ph"] == "E" and opened is not None:
+            spans.append((opened, e["ts"]))
+            opened = None
+    if not spans:
         return None
-    hits = 0
-    for b0, b1 in marks:
-        first = next((s for s in starts if s >= b0), None)
-        hits += first is not None and first < b1
-    return hits / len(marks)
+    hits = sum(any(b0 <= s < b1 for s in starts) for b0, b1 in spans)
+    return hits / len(spans)
 
 
 def drive(args: argparse.Namespace) -> int:
@@ -120,20 +121,20 @@ def drive(args: argparse.Namespace) -> int:
                 if mode == "collx" and args.timeline:
                     trace = tempfile.mktemp(suffix=".json", prefix="collx-timeline-")
                     env["COLLX_TIMELINE"] = trace
+                resdir = tempfile.mkdtemp(prefix="collx-overlap-")
                 cmd = [sys.executable, "-m", "collx.runner", "-np", str(np_), "--no-prefix",
                        sys.executable, __file__, "--mode", mode, "--port", str(port),
                        "--steps", str(args.steps), "--warmup", str(args.warmup),
-                       "--batch-size", str(args.batch_size), "--json"]
+                       "--batch-size", str(args.batch_size), "--result-dir", resdir]
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-                recs = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
+                recs = [json.loads(p.read_text()) for p in sorted(Path(resdir).glob("*.json"))]
                 if out.returncode != 0 or len(recs) != np_:
                     print(out.stdout[-3000:], out.stderr[-3000:], file=sys.stderr)
                     return 1
                 step = max(r["step_ms_median"] for r in recs)    # the slowest rank sets the pace
                 row = {"np": np_, "round": rnd, "mode": mode, "step_ms": step}
                 if trace:
-                    r0 = next(r for r in recs if r["rank"] == 0)
-                    row["overlap_share"] = overlap_share(trace, r0["backward_marks"])
+                    row["overlap_share"] = overlap_share(trace)
                     os.unlink(trace) if os.path.exists(trace) else None
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -169,10 +170,13 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--result-dir", default=None, help="write this rank's JSON there")
     args = ap.parse_args()
     if args.drive:
         return drive(args)
     res = run_rank(args)
+    if args.result_dir:
+        Path(args.result_dir, f"rank{res['rank']}.json").write_text(json.dumps(res))
     if args.json:
         print(json.dumps(res), flush=True)
     return 0
