@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-check", action="store_true",
                    help="with --tune: then time auto selection (using the new table) and "
                         "report auto / fastest forced per op and size")
+    p.add_argument("--check-rounds", type=int, default=1, metavar="R",
+                   help="with --tune-check: time auto and the fastest forced algorithm R "
+                        "times each, interleaved (auto first in even rounds, second in odd "
+                        "ones), and compare their medians (default 1)")
     p.add_argument("--algo", default=None, metavar="NAME|op:name,...",
                    help="force algorithms for this run (sets COLLX_ALGO): one name for every "
                         "op that has it, or op:name pairs; the 'algo' column shows what ran")
@@ -262,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         from . import tune
         from .. import config
         path = a.tune or config.get("COLLX_TUNE_FILE") or "collx-tune.json"
-        return tune.tune(bench, ops, sizes, path, a.tune_check)
+        return tune.tune(bench, ops, sizes, path, a.tune_check, max(1, a.check_rounds))
     return bench.run(ops, sizes)
 
 

@@ -11,11 +11,15 @@ Steps (every rank runs the same loop, so every collective matches):
      timed once more with nothing forced ("auto"), and right after it the sweep's fastest
      algorithm forced again (adjacent in time, so the machine's drift cancels); the report
      gives, per (op, size), that algorithm, auto's choice and auto's time / its time.
+     ``--check-rounds R`` repeats the pair R times, alternating which of the two runs first,
+     and compares medians: at np 4 on 2 cores one schedule timed twice in a row differs by
+     up to 1.5x, more than the 10% the check is about.
 Sizes and ops as for a normal run; alltoall is not tuned (one algorithm serves it).
 """
 from __future__ import annotations
 
 import json
+import statistics
 from typing import Any
 
 from ..algos.registry import ALGORITHMS, build_schedule
@@ -39,7 +43,8 @@ def _set_forced(comm: Any, text: str | None) -> None:
     comm.set_spec(text)
 
 
-def tune(bench: Any, ops: list[str], sizes: list[int], path: str, check: bool) -> int:
+def tune(bench: Any, ops: list[str], sizes: list[int], path: str, check: bool,
+         rounds: int = 1) -> int:
     """Run steps 1-3 (module docstring) on ``bench`` (a collx.bench.cli.Bench); returns the
     exit code (1 when any result was wrong)."""
     comm, n = bench.comm, bench.n
@@ -79,30 +84,43 @@ def tune(bench: Any, ops: list[str], sizes: list[int], path: str, check: bool) -
                                             path)
         comm.selector._cache.clear()
     _set_forced(comm, None)
-    lines = ["", "# auto vs the fastest forced algorithm (same run; auto uses the table)",
+    lines = ["", f"# auto vs the fastest forced algorithm (same run; auto uses the table; "
+             f"median of {rounds} interleaved round(s))",
              f"# {'op':<14}{'bytes':>12}  {'fastest':<12}{'us':>12}  {'auto':<12}{'us':>12}"
              f"{'auto/best':>11}"]
     worst = 0.0
     for op in [o for o in ops if o in TUNABLE]:
         for size in sizes:
-            _set_forced(comm, None)
-            row, rec = bench.one(op, size)
-            rec["tune_check"] = "auto"
-            wrong += rec.get("wrong") or 0
-            bench.emit_record(rec)
-            b_algo = best.get((op, row.nbytes), (0.0, "?"))[1]
-            # the fastest forced algorithm once more, right after auto: drift between the
-            # sweep and the check (this machine's speed wanders by 2x) cancels out
-            _set_forced(comm, f"{op}:{b_algo}")
-            brow, brec = bench.one(op, size)
-            brec["tune_check"] = "best-forced"
-            wrong += brec.get("wrong") or 0
-            bench.emit_record(brec)
-            b_us = brow.oop.us
-            ratio = row.oop.us / b_us if b_us > 0 else float("nan")
+            b_algo = None
+            auto_us: list[float] = []
+            best_us: list[float] = []
+            auto_algo, nbytes = "?", size
+            for rnd in range(rounds):
+                # the fastest forced algorithm right beside auto: drift between the sweep
+                # and the check (this machine's speed wanders by 2x) cancels out
+                for which in (("auto", "best") if rnd % 2 == 0 else ("best", "auto")):
+                    if which == "auto":
+                        _set_forced(comm, None)
+                    else:
+                        if b_algo is None:
+                            b_algo = best.get((op, nbytes), (0.0, "?"))[1]
+                        _set_forced(comm, f"{op}:{b_algo}")
+                    row, rec = bench.one(op, size)
+                    rec["tune_check"] = "auto" if which == "auto" else "best-forced"
+                    rec["check_round"] = rnd
+                    wrong += rec.get("wrong") or 0
+                    bench.emit_record(rec)
+                    nbytes = row.nbytes
+                    if which == "auto":
+                        auto_us.append(row.oop.us)
+                        auto_algo = row.algo
+                    else:
+                        best_us.append(row.oop.us)
+            a_us, b_us = statistics.median(auto_us), statistics.median(best_us)
+            ratio = a_us / b_us if b_us > 0 else float("nan")
             worst = max(worst, ratio) if ratio == ratio else worst
-            lines.append(f"# {op:<14}{row.nbytes:>12}  {b_algo:<12}{b_us:>12.2f}  "
-                         f"{row.algo:<12}{row.oop.us:>12.2f}{ratio:>11.2f}")
+            lines.append(f"# {op:<14}{nbytes:>12}  {b_algo:<12}{b_us:>12.2f}  "
+                         f"{auto_algo:<12}{a_us:>12.2f}{ratio:>11.2f}")
     lines.append(f"# worst auto/best: {worst:.2f}")
     for ln in lines:
         bench.say(ln)
