@@ -10,7 +10,8 @@ Two engines (``init(negotiate=)``, or ``COLLX_ENGINE``):
   to the background worker (collx/runtime/negotiated_engine.py), which agrees with the other
   ranks on what is ready, fuses small allreduces and runs them; ranks may submit in
   different orders. An op without ``name=`` is named ``f"{kind}.noname.{k}"`` with a
-  per-kind counter (so un-named calls must still come in the same order per kind).
+  counter per kind and process set (``f"{kind}.ps{id}.noname.{k}"`` on a set other than
+  the global one), so un-named calls must still come in the same order per kind and set.
   send/recv need the ordered engine (InvalidUsage says so): a point-to-point pair cannot
   take part in a negotiation among all the ranks of a set without making every rank wait.
 
@@ -213,7 +214,7 @@ def _call(op: str, name: str | None, process_set: Any, timeout: Any, sync: bool,
     c, psid = _comm_for(comm, process_set, op)
     job = prepare(c)
     if _negotiated:
-        req = Request(engine.name_for(op, name), op, psid, agree(), job=job,
+        req = Request(engine.name_for(op, name, psid), op, psid, agree(), job=job,
                       timeout=ops._check_timeout(timeout, op))
         h = engine.enqueue([req])[0]
         return h.wait() if sync else h
@@ -272,8 +273,32 @@ def allreduce(x: Any, op: int = Average, name: str | None = None, out: Any = Non
             raise type(exc)(f"collx.allreduce: {exc}") from None
         if res is not None:
             return res
+    engine = _engine
+    if _negotiated and engine is not None and process_set is None and timeout is None \
+            and type(x) is np.ndarray and (out is None or out is x):
+        h = _negotiated_fast(engine, x, op, name, out, prescale_factor, postscale_factor)
+        if h is not None:
+            return h.wait()
     return _allreduce("allreduce", x, op, name, out, timeout, process_set, prescale_factor,
                       postscale_factor, True)
+
+
+def _negotiated_fast(engine: Any, x: np.ndarray, op: Any, name: Any, out: Any, pre: Any,
+                     post: Any) -> Handle | None:
+    """The negotiated engine's hot path for an allreduce of the global set whose description
+    (dtype, shape, op, scale factors) was validated before, with out None or x itself:
+    straight to a request. None: take the general path (which validates and explains)."""
+    try:
+        hit = _AGREE.get(("allreduce", x.dtype, x.shape, op, pre, post))
+    except TypeError:                            # unhashable op or factor
+        return None
+    if hit is None:
+        return None
+    flags = x.flags
+    if not flags.c_contiguous or (out is not None and not flags.writeable):
+        return None
+    return engine.submit_allreduce("allreduce", name, hit, x,
+                                   np.empty(x.shape, x.dtype) if out is None else x)
 
 
 def allreduce_(x: Any, op: int = Average, name: str | None = None,
@@ -287,6 +312,20 @@ def allreduce_(x: Any, op: int = Average, name: str | None = None,
 def allreduce_async(x: Any, op: int = Average, name: str | None = None, out: Any = None,
                     timeout: float | None = None, *, process_set: Any = None,
                     prescale_factor: float = 1.0, postscale_factor: float = 1.0) -> Handle:
+    engine = _engine
+    if _negotiated and engine is not None and process_set is None and timeout is None \
+            and type(x) is np.ndarray and (out is None or out is x):
+        # _negotiated_fast, inline (the hot path of a burst of async calls)
+        try:
+            hit = _AGREE.get(("allreduce", x.dtype, x.shape, op, prescale_factor,
+                              postscale_factor))
+        except TypeError:
+            hit = None
+        if hit is not None:
+            flags = x.flags
+            if flags.c_contiguous and (out is None or flags.writeable):
+                return engine.submit_allreduce("allreduce", name, hit, x, np.empty(
+                    x.shape, x.dtype) if out is None else x)
     return _allreduce("allreduce", x, op, name, out, timeout, process_set, prescale_factor,
                       postscale_factor, False)
 
@@ -310,29 +349,71 @@ def _check_allreduce(kind: str, x: Any, op: int, out: Any, timeout: Any, pre: fl
     return arr, res, code, t
 
 
+# (kind, dtype, shape, op, prescale, postscale) -> (agree, its cache-key tuple): what every
+# allreduce of that description shares (validated once; never modified)
+_AGREE: dict[tuple, tuple[dict, tuple]] = {}
+
+
+def _agree_of(kind: str, arr: np.ndarray, op: int, pre: float, post: float) -> tuple[dict, tuple]:
+    key = (kind, arr.dtype, arr.shape, op, pre, post)
+    try:
+        hit = _AGREE.get(key)
+    except TypeError:                            # an unhashable op or factor: refused below
+        hit, key = None, None
+    if hit is not None:
+        return hit
+    ops._check_op(op, kind)
+    reduce_code(arr, kind)
+    if pre != 1.0 or post != 1.0:
+        fusion.check_factors(pre, post, kind)
+    dt, opname, pre, post = _dtype_name(arr.dtype), ops.REDOP_NAMES[op], float(pre), float(post)
+    agree = {"dtype": dt, "shape": list(arr.shape), "op": opname, "prescale": pre,
+             "postscale": post}
+    # == the agree part of negotiation.cache_key(name, kind, psid, agree)
+    agree_t = (("dtype", dt), ("op", opname), ("postscale", post), ("prescale", pre),
+               ("shape", arr.shape))
+    hit = (agree, agree_t)
+    if key is not None:
+        if len(_AGREE) > 4096:
+            _AGREE.clear()
+        _AGREE[key] = hit
+    return hit
+
+
 def _allreduce_request(engine: Any, c: Communicator, psid: int, kind: str, name: str | None,
                        op: int, checked: tuple, pre: float, post: float) -> Any:
     """A fusible request from a checked allreduce (``_check_allreduce``)."""
     arr, res, code, t = checked
-    dt, opname, pre, post = _dtype_name(arr.dtype), ops.REDOP_NAMES[op], float(pre), float(post)
-    agree = {"dtype": dt, "shape": list(arr.shape), "op": opname, "prescale": pre,
-             "postscale": post}
-    name = engine.name_for(kind, name)
-    # the cache key, built directly (== negotiation.cache_key(name, kind, psid, agree))
-    ckey = (name, kind, psid, (("dtype", dt), ("op", opname), ("postscale", post),
-                               ("prescale", pre), ("shape", arr.shape)))
-    return Request(name, kind, psid, agree, timeout=t, arr=arr, res=res, op=op, code=code,
-                   pre=pre, post=post, comm=c, ckey=ckey)
+    agree, agree_t = _agree_of(kind, arr, op, pre, post)
+    name = engine.name_for(kind, name, psid)
+    return Request(name, kind, psid, agree, timeout=t, arr=arr, res=res,
+                   ckey=(name, kind, psid, agree_t))
+
+
+def _fast_request(engine: Any, psid: int, kind: str, x: Any, op: int, name: str | None,
+                  out: Any, timeout: Any, pre: float, post: float) -> Any:
+    """``_check_allreduce`` + ``_allreduce_request`` for one tensor, cheaper: the checks that
+    depend only on (dtype, shape, op, scale factors) run once per description."""
+    if type(x) is np.ndarray and x.flags.c_contiguous and out is None:
+        arr = x
+        agree, agree_t = _agree_of(kind, arr, op, pre, post)
+        res = np.empty(arr.shape, arr.dtype)
+        t = None if timeout is None else ops._check_timeout(timeout, kind)
+    else:
+        arr, res, _, t = _check_allreduce(kind, x, op, out, timeout, pre, post)
+        agree, agree_t = _agree_of(kind, arr, op, pre, post)
+    name = engine.name_for(kind, name, psid)
+    return Request(name, kind, psid, agree, timeout=t, arr=arr, res=res,
+                   ckey=(name, kind, psid, agree_t))
 
 
 def _allreduce(kind: str, x: Any, op: int, name: str | None, out: Any, timeout: Any,
                process_set: Any, pre: float, post: float, sync: bool) -> Any:
     comm, engine = _need(kind if sync else kind + "_async")
-    c, psid = _comm_for(comm, process_set, kind)
+    c, psid = (comm, 0) if process_set is None else _comm_for(comm, process_set, kind)
     if _negotiated:
-        checked = _check_allreduce(kind, x, op, out, timeout, pre, post)
-        h = engine.enqueue([_allreduce_request(engine, c, psid, kind, name, op, checked, pre,
-                                               post)])[0]
+        h = engine.enqueue1(_fast_request(engine, psid, kind, x, op, name, out, timeout, pre,
+                                          post))
         return h.wait() if sync else h
     if pre == 1.0 and post == 1.0:
         job = ops.prepare_allreduce(c, x, op, out, timeout)
@@ -360,8 +441,8 @@ def grouped_allreduce_async(xs: Sequence[Any], op: int = Average, name: str | No
                               postscale_factor, False)
 
 
-def _group_names(engine: Any, kind: str, name: str | None, n: int) -> list[str]:
-    base = engine.name_for(kind, name)
+def _group_names(engine: Any, kind: str, name: str | None, n: int, psid: int = 0) -> list[str]:
+    base = engine.name_for(kind, name, psid)
     return [f"{base}.{i}" for i in range(n)]
 
 
@@ -376,7 +457,7 @@ def _grouped_allreduce(xs: Sequence[Any], op: int, name: str | None, outs: Any, 
     c, psid = _comm_for(comm, process_set, kind)
     if _negotiated:
         checked = [_check_allreduce(kind, x, op, o, timeout, pre, post) for x, o in zip(xs, outs)]
-        names = _group_names(engine, kind, name, len(xs))
+        names = _group_names(engine, kind, name, len(xs), psid)
         reqs = [_allreduce_request(engine, c, psid, kind, n, op, ch, pre, post)
                 for ch, n in zip(checked, names)]
         handle = GroupHandle(engine.enqueue(reqs), name or kind)
@@ -411,7 +492,8 @@ def _quantized(x: Any, op: int, name: str | None, out: Any, timeout: Any, block:
     kind = "quantized_allreduce"
     return _call(kind, name, process_set, timeout, sync,
                  lambda c: quantize.prepare_quantized_allreduce(c, x, op, out, timeout, block=block),
-                 lambda: {**_meta(x, kind), "op": ops.REDOP_NAMES.get(op, op), "block": block})
+                 lambda: {**_meta(x, kind), "op": ops.REDOP_NAMES.get(op, op),
+                          "block": quantize.check_block(block, kind)})
 
 
 # ---- broadcast -------------------------------------------------------------------------
@@ -470,7 +552,7 @@ def grouped_allgather(xs: Sequence[Any], name: str | None = None, timeout: float
 def grouped_allgather_async(xs: Sequence[Any], name: str | None = None,
                             timeout: float | None = None, *, process_set: Any = None) -> GroupHandle:
     return _grouped("grouped_allgather", list(xs), name, lambda x, n: allgather_async(
-        x, n, timeout=timeout, process_set=process_set))
+        x, n, timeout=timeout, process_set=process_set), process_set)
 
 
 def reducescatter(x: Any, op: int = Average, name: str | None = None,
@@ -514,15 +596,16 @@ def grouped_reducescatter_async(xs: Sequence[Any], op: int = Average, name: str 
                                 postscale_factor: float = 1.0) -> GroupHandle:
     return _grouped("grouped_reducescatter", list(xs), name, lambda x, n: reducescatter_async(
         x, op, n, timeout, process_set=process_set, prescale_factor=prescale_factor,
-        postscale_factor=postscale_factor))
+        postscale_factor=postscale_factor), process_set)
 
 
 def _grouped(kind: str, xs: list, name: str | None,
-             start: Callable[[Any, str | None], Handle]) -> GroupHandle:
+             start: Callable[[Any, str | None], Handle], process_set: Any = None) -> GroupHandle:
     """A group of async calls, named ``{name}.{i}`` (negotiated: one base name per group)."""
     engine = _need(kind)[1]
     if _negotiated:
-        names: list[str | None] = _group_names(engine, kind, name, len(xs))
+        psid = 0 if process_set is None else int(getattr(process_set, "process_set_id", 0) or 0)
+        names: list[str | None] = _group_names(engine, kind, name, len(xs), psid)
     else:
         names = [f"{name}.{i}" if name else None for i in range(len(xs))]
     return GroupHandle([start(x, n) for x, n in zip(xs, names)], name or kind)
@@ -651,7 +734,10 @@ def recv_async(out: Any, src: int, tag: int = 0, timeout: float | None = None) -
 def join(timeout: float | None = None) -> int:
     """Negotiated engine: this rank has no more work; until every rank has joined, its
     worker keeps serving the others (contributing zeros to their allreduces, no rows to
-    their allgathers). Returns the last rank to join."""
+    their allgathers; a broadcast, alltoall, gather, scatter or a Min/Max/Product reduction
+    of theirs fails with InvalidUsage on every rank). Returns the last rank to join. A join
+    that times out stays in force: until it returns (call join() again), this rank's
+    submits are InvalidUsage."""
     comm, engine = _need("join")
     if not _negotiated:
         raise InvalidUsage("collx.join: needs the negotiated engine: collx.init(negotiate=True) "

@@ -67,6 +67,13 @@ def test_join_uneven_inputs(np_: int) -> None:
     assert_all_ok(_run(np_, "join"), np_)
 
 
+@pytest.mark.timeout(60)
+def test_review_fixes_on_real_ranks() -> None:
+    """Process-set mismatch reaches every rank, per-set auto names, numpy block=, joined
+    ranks and non-neutral ops, a timed-out join, a dying worker failing its peers fast."""
+    assert_all_ok(_run(3, "review", timeout=50, COLLX_TIMEOUT="10"), 3)
+
+
 def test_init_shutdown_init() -> None:
     assert_all_ok(_run(2, "reinit"), 2)
 

@@ -321,3 +321,112 @@ def test_period_tracker_freezes_after_identical_periods() -> None:
     t = PeriodTracker(2)
     for _ in range(4):
         assert t.observe(Outcome([resp("a")]), False, False) is None
+
+
+def bc(name: str) -> Request:
+    return Request(name, "broadcast", 0, {"dtype": "float32", "shape": [4], "root": 0})
+
+
+def test_joined_rank_blocks_cached_non_joinable_kinds() -> None:
+    """REVIEW 1: a cached broadcast while a rank has joined is the same InvalidUsage as an
+    announced one (the joined rank cannot take part in a broadcast)."""
+    sim = Sim(2)
+    for _ in range(2):                          # the second time through the cache
+        for rank in range(2):
+            sim.submit(rank, bc("lr"))
+        (resp,) = sim.cycle().responses
+        assert resp.error is None
+    sim.joined[1] = True
+    sim.submit(0, bc("lr"))
+    (resp,) = sim.cycle().responses
+    assert resp.usage and "joined" in resp.error and "'lr'" in resp.error, resp
+    # a joined rank that submitted it before joining takes part: no error
+    sim.submit(0, bc("lr"))
+    sim.submit(1, bc("lr"))
+    (resp,) = sim.cycle().responses
+    assert resp.error is None and resp.joined == (), resp
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("op,kind", [("Min", "allreduce"), ("Max", "allreduce"),
+                                     ("Product", "allreduce"), ("Max", "reducescatter")])
+def test_joined_rank_refuses_ops_zeros_would_change(op: str, kind: str, cached: bool) -> None:
+    """REVIEW 9: a joined rank's zeros are only neutral for Sum/Average."""
+    sim = Sim(2)
+    if cached:
+        for rank in range(2):
+            sim.submit(rank, req("m", op=op, kind=kind))
+        assert sim.cycle().responses[0].error is None
+    sim.joined[1] = True
+    sim.submit(0, req("m", op=op, kind=kind))
+    (resp,) = sim.cycle().responses
+    assert resp.usage and "joined" in resp.error and "Sum or Average" in resp.error, resp
+    sim.submit(0, req("s", op="Average", kind=kind))
+    (resp,) = sim.cycle().responses
+    assert resp.error is None and resp.joined == (1,), resp
+
+
+def test_period_tracker_never_freezes_narrow_integers() -> None:
+    """REVIEW 6: the control element (a sum of up to n*n) would wrap in int8/uint8/int16."""
+    from collx.runtime.frozen import PeriodTracker
+    from collx.runtime.negotiation import Outcome, Response, _item
+    for dtype, freezes in (("int8", False), ("uint8", False), ("int16", False),
+                           ("int32", True), ("float16", True)):
+        t = PeriodTracker(2)
+        got = [t.observe(Outcome([Response([_item(req("a", dtype=dtype).key)])]), True, False)
+               for _ in range(4)]
+        assert any(g is not None for g in got) == freezes, dtype
+
+
+def test_group_handle_timeout_is_one_deadline() -> None:
+    """REVIEW 13: wait(timeout) on a group bounds the whole wait, not each member's."""
+    import time
+
+    from collx.errors import CollxTimeout
+    from collx.runtime.engine import GroupHandle, Handle
+    g = GroupHandle([Handle(f"h{i}") for i in range(5)], "g")
+    t0 = time.monotonic()
+    with pytest.raises(CollxTimeout):
+        g.wait(0.2)
+    assert time.monotonic() - t0 < 0.6
+
+
+def test_auto_names_per_process_set() -> None:
+    """REVIEW 5: one counter per (kind, process set): a rank in two sets numbers each set's
+    un-named calls alone, as the set's other members do."""
+    from collx.runtime.negotiated_engine import NegotiatedEngine
+    eng = NegotiatedEngine.__new__(NegotiatedEngine)
+    import threading
+    eng._cv, eng._counters = threading.Condition(), {}
+    assert [eng.name_for("allreduce", None, p) for p in (1, 2, 1, 0)] == [
+        "allreduce.ps1.noname.0", "allreduce.ps2.noname.0", "allreduce.ps1.noname.1",
+        "allreduce.noname.0"]
+    assert eng.name_for("allreduce", "x", 2) == "x"
+
+
+def test_cached_hits_grouped_like_fuse() -> None:
+    """The numpy grouping of cached hits (Coordinator._group_slots) gives _fuse's responses:
+    one per fuse key in order of first appearance, split by the threshold when needed."""
+    specs = [("a", "float32", "Sum"), ("b", "float64", "Sum"), ("c", "float32", "Sum"),
+             ("d", "float32", "Max"), ("e", "float64", "Sum"), ("bc", None, None)]
+
+    def submit_all(sim):
+        for rank in range(2):
+            for name, dt, op in specs:
+                sim.submit(rank, bc(name) if dt is None else req(name, dtype=dt, op=op))
+
+    for fusion_bytes in (1 << 20, 40, 0, 1 << 20):
+        if fusion_bytes == 0:
+            specs.pop()                         # no broadcast: the numpy path proper
+        sim = Sim(2, fusion_bytes=fusion_bytes)
+        submit_all(sim)
+        first = names(sim.cycle())
+        submit_all(sim)
+        coord = sim.coords[0]
+        cached = names(sim.cycle())
+        want = [[it.name for it in r.items] for r in coord._fuse(
+            [coord.cache.items[coord.cache.by_name[n]] for n, _, _ in specs])]
+        assert cached == want, (fusion_bytes, cached, want)
+        if fusion_bytes == 1 << 20:
+            assert cached[:3] == [["a", "c"], ["b", "e"], ["d"]], cached
+        assert sorted(map(sorted, first)) == sorted(map(sorted, cached)) or fusion_bytes < 64

@@ -9,6 +9,8 @@ the C executor it calls releases the GIL.
 from __future__ import annotations
 
 import threading
+import time
+from _thread import allocate_lock as _allocate_lock
 from collections import deque
 from typing import Any, Callable
 
@@ -19,14 +21,15 @@ class Handle:
     """The future of an async collective: poll() it or synchronize() on it.
 
     Completion is signalled by releasing a lock taken at creation (cheaper to make than a
-    threading.Event: the negotiated engine makes one per tensor)."""
+    threading.Event: the negotiated engine makes one per tensor, as the base class of its
+    requests)."""
 
     __slots__ = ("name", "_lock", "_done", "_result", "_error")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._lock = threading.Lock()
-        self._lock.acquire()
+        self._lock = lock = _allocate_lock()
+        lock.acquire()
         self._done = False
         self._result: Any = None
         self._error: BaseException | None = None
@@ -57,6 +60,15 @@ class Handle:
         self._lock.release()
 
 
+def finish_all(handles: list, results: list) -> None:
+    """``h._finish(r, None)`` for each pair (the negotiated engine's hot path)."""
+    for h, res in zip(handles, results):
+        if h is not None and not h._done:
+            h._result = res
+            h._done = True
+            h._lock.release()
+
+
 class GroupHandle:
     """Several handles as one: wait() returns the list of their results (the first error
     raises, after every member finished or failed)."""
@@ -72,9 +84,11 @@ class GroupHandle:
 
     def wait(self, timeout: float | None = None) -> list:
         results, error = [], None
+        deadline = None if timeout is None else time.monotonic() + timeout
         for h in self.handles:
             try:
-                results.append(h.wait(timeout))
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                results.append(h.wait(left))
             except BaseException as exc:  # noqa: BLE001 - re-raised below
                 if isinstance(exc, CollxTimeout) and timeout is not None:
                     raise

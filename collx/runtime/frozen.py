@@ -32,12 +32,15 @@ from typing import Any
 from .negotiation import ALLREDUCE_KINDS, Item, Outcome, Response
 
 FREEZABLE_OPS = ("Sum", "Average", "Max")
+# dtypes whose control element holds a sum of up to n*n exactly (int8/uint8/int16 would wrap)
+FREEZABLE_DTYPES = ("float16", "bfloat16", "float32", "float64", "int32", "int64")
 
 
 def _eligible(resp: Response) -> bool:
     it = resp.items[0]
     return (resp.error is None and not resp.joined and it.kind in ALLREDUCE_KINDS
-            and it.psid == 0 and it.fuse_key is not None and it.fuse_key[2] in FREEZABLE_OPS)
+            and it.psid == 0 and it.fuse_key is not None and it.fuse_key[2] in FREEZABLE_OPS
+            and it.fuse_key[1] in FREEZABLE_DTYPES)
 
 
 class PeriodTracker:
@@ -75,7 +78,7 @@ class PeriodTracker:
         # a period ending exactly here (the same tensors as the previous one) completes the
         # count: freeze with this period's order and groups
         if self.prev is not None and table_empty and self.count + 1 >= self.need \
-                and self._keys(self.cur) == self.prev:
+                and len(self.names) == len(self.prev) and self._keys(self.cur) == self.prev:
             schedule = self.cur
             self.reset()
             return schedule

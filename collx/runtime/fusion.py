@@ -111,7 +111,7 @@ def fuse(arrays: Sequence[np.ndarray], view: np.ndarray, total: int, pre: float)
     if len(arrays) == 1:
         view[:total] = arrays[0].reshape(-1)
     else:
-        np.concatenate([a.reshape(-1) for a in arrays], out=view[:total])
+        np.concatenate(arrays, axis=None, out=view[:total])
     if view.size > total:
         view[total:] = 0
     if pre != 1.0:
@@ -120,14 +120,17 @@ def fuse(arrays: Sequence[np.ndarray], view: np.ndarray, total: int, pre: float)
 
 def unfuse(view: np.ndarray, outs: Sequence[np.ndarray], post: float) -> None:
     """Postscale the fused result and copy each part into its output."""
-    total = sum(o.size for o in outs)
     if post != 1.0:
+        total = sum([o.size for o in outs])
         scale(view[:total], view[:total], post)
     off = 0
     for o in outs:
-        n = o.size
-        o.reshape(-1)[...] = view[off:off + n]
-        off += n
+        n = off + o.size
+        if o.ndim == 1:
+            o[:] = view[off:n]
+        else:
+            o.reshape(-1)[:] = view[off:n]
+        off = n
 
 
 def fused_allreduce_job(comm: Communicator, arrays: Sequence[np.ndarray],

@@ -36,14 +36,18 @@ the same, so slot numbers agree. A rank whose pending request sat on an evicted 
 re-announces it in the next payload.
 
 **Fusion.** Ready allreduces with equal (process set, dtype, op, prescale, postscale) are
-grouped, in ready order, into responses of at most COLLX_FUSION_THRESHOLD bytes.
+grouped, in ready order, into responses of at most COLLX_FUSION_THRESHOLD bytes. Cached
+hits keep their fusion group and size per slot, so a cycle's hits are grouped with a few
+numpy calls, not a Python step per tensor (``_group_slots``; the same result as ``_fuse``).
 
 **Idle.** A cycle in which every row is empty (no flags, no bits) is counted; the engine
 stretches its cycle time by 2x after 16 such cycles in a row and 4x after 32 (every rank
 sees the same rows, so all stretch alike), and back to 1x after any work. The first request
 after a quiet spell therefore waits up to 4 cycle times; an idle rank costs ~4x less CPU.
 
-**Join.** A joined rank's JSON-free flag makes it count as present for every request; when
+**Join.** A joined rank's JSON-free flag makes it count as present for every request it can
+serve with zeros or no rows (Sum/Average reductions, allgather, barrier; anything else, cached
+or announced, is an InvalidUsage response naming the joined ranks); when
 every rank is joined, join() returns everywhere with the last rank to join (the highest rank
 among those whose flag appeared in the latest cycle).
 """
@@ -52,17 +56,35 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from _thread import allocate_lock as _allocate_lock
+
 import numpy as np
+
+from .engine import Handle
 
 FLAG_NEW, FLAG_SHUTDOWN, FLAG_JOINED = 1, 2, 4
 HEADER = 3                      # int64 words before the bits: flags, payload bytes, slots
 ALLREDUCE_KINDS = ("allreduce", "grouped_allreduce")
 # kinds a joined rank can take part in (zeros / no rows / nothing)
 JOINABLE = ALLREDUCE_KINDS + ("quantized_allreduce", "reducescatter", "allgather", "barrier")
+# ops a joined rank's zeros leave unchanged (Min/Max/Product would see the zeros)
+JOIN_OPS = ("Sum", "Average")
+
+
+def joinable(it: "Item") -> bool:
+    """Whether ``it`` can run while some ranks of its set have joined (contributing zeros
+    or no rows): allgather, barrier, and Sum/Average reductions."""
+    return it.kind in JOINABLE and it.agree.get("op", "Sum") in JOIN_OPS
+
+
+def join_error(it: "Item", jn: tuple[int, ...]) -> "Response":
+    return Response([it], usage=True, error=(
+        f"collx.{it.kind}: tensor {it.name!r} cannot run while rank(s) {list(jn)} have "
+        f"joined (collx.join); only allreduce, reducescatter and quantized_allreduce with "
+        f"Sum or Average, allgather and barrier can (a joined rank contributes zeros)"))
 
 
 def dtype_of(name: str) -> np.dtype:
@@ -73,37 +95,36 @@ def dtype_of(name: str) -> np.dtype:
         return np.dtype(getattr(ml_dtypes, name))
 
 
-@dataclass(eq=False)
-class Request:
-    """One submitted operation on this rank. ``agree`` holds what all ranks must pass alike;
-    fusible allreduces carry arr/res/op/code/pre/post, everything else a prepared ``job``."""
-    name: str
-    kind: str
-    psid: int
-    agree: dict
-    job: Callable[[], Any] | None = None
-    timeout: float | None = None
-    arr: Any = None
-    res: Any = None
-    op: int = 0
-    code: int = 0
-    pre: float = 1.0
-    post: float = 1.0
-    comm: Any = None
-    removes: Any = None
-    # set by the engine
-    handle: Any = None
-    slot: int | None = None
-    announced: bool = False
-    t_submit: float = 0.0
-    deadline: float = math.inf
-    ckey: tuple = ()                      # the response cache's key (cache_key(...))
-    cacheable: bool = field(init=False)   # auto-named requests never repeat: not cached
+class Request(Handle):
+    """One submitted operation on this rank, and the handle its caller waits on (one object
+    per tensor on the hot path). ``agree`` holds what all ranks must pass alike (shared,
+    never modified); fusible allreduces carry arr/res, everything else a prepared ``job``.
+    Slotted: compact and quick to build."""
 
-    def __post_init__(self) -> None:
-        if not self.ckey:
-            self.ckey = cache_key(self.name, self.kind, self.psid, self.agree)
-        self.cacheable = ".noname." not in self.name
+    __slots__ = ("kind", "psid", "agree", "job", "timeout", "arr", "res", "removes", "ckey",
+                 "slot", "announced", "t_submit")
+
+    def __init__(self, name: str, kind: str, psid: int, agree: dict, job: Any = None,
+                 timeout: float | None = None, arr: Any = None, res: Any = None,
+                 removes: Any = None, ckey: tuple = ()) -> None:
+        self.name, self.kind, self.psid, self.agree = name, kind, psid, agree
+        self._lock = lock = _allocate_lock()     # Handle's: released when finished
+        lock.acquire()
+        self._done, self._result, self._error = False, None, None
+        self.job, self.timeout, self.arr, self.res, self.removes = job, timeout, arr, res, removes
+        # the response cache's key (cache_key(...)); set by the engine: slot, announced,
+        # t_submit (its deadline is t_submit + timeout)
+        self.ckey = ckey or cache_key(name, kind, psid, agree)
+        self.slot, self.announced, self.t_submit = None, False, 0.0
+
+    @property
+    def handle(self) -> "Request":
+        return self
+
+    @property
+    def cacheable(self) -> bool:
+        """Auto-named requests never repeat: never cached."""
+        return ".noname." not in self.name
 
     @property
     def key(self) -> str:
@@ -180,34 +201,46 @@ def _describe(agree: dict, kind: str, psid: int) -> str:
 
 
 class ResponseCache:
-    """key -> slot, identical on every rank; LRU eviction beyond ``capacity``."""
+    """key -> slot, identical on every rank; LRU eviction beyond ``capacity``.
+
+    Recency is a stamp per slot (one numpy store for all the slots a cycle used); the
+    victim is the occupied slot with the oldest stamp, the lowest such slot on a tie."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(1, capacity)
-        self.lru: OrderedDict[tuple, int] = OrderedDict()
+        self.index: dict[tuple, int] = {}
         self.by_name: dict[str, int] = {}
         self.items: list[Item | None] = []      # slot -> Item (None: free)
         self.free: list[int] = []
+        self.used = np.zeros(64, np.int64)       # slot -> last use (clock)
+        self.nonglobal = 0                       # entries of sets other than the global one
+        self.clock = 0
+        # slot -> fusion group (-2 free, -1 not fusible, else an id per fuse key) and bytes,
+        # so that a cycle's cached hits are grouped with numpy (Coordinator._group_slots)
+        self.group = np.full(64, -2, np.int64)
+        self.nbytes = np.zeros(64, np.int64)
 
     @property
     def nslots(self) -> int:
         return len(self.items)
 
     def lookup(self, key: tuple) -> int | None:
-        return self.lru.get(key)
+        return self.index.get(key)
 
-    def touch(self, slot: int) -> None:
-        item = self.items[slot]
-        if item is not None:
-            self.lru.move_to_end(item.ckey)
+    def touch(self, slot: int | np.ndarray) -> None:
+        """Mark slot(s) used now (an int or an array of slots)."""
+        self.clock += 1
+        self.used[slot] = self.clock
 
     def evict(self, slot: int) -> None:
         item = self.items[slot]
         if item is None:
             return
-        self.lru.pop(item.ckey, None)
+        self.index.pop(item.ckey, None)
         self.by_name.pop(item.name, None)
+        self.nonglobal -= item.psid != 0
         self.items[slot] = None
+        self.group[slot] = -2
         self.free.append(slot)
         self.free.sort(reverse=True)             # lowest free slot last: pop() takes it
 
@@ -215,7 +248,7 @@ class ResponseCache:
         """(slot, evicted slot or None)."""
         evicted = None
         if not self.free and len(self.items) >= self.capacity:
-            _, evicted = next(iter(self.lru.items()))
+            evicted = int(np.argmin(self.used[:len(self.items)]))
             self.evict(evicted)
         if self.free:
             slot = self.free.pop()
@@ -223,8 +256,17 @@ class ResponseCache:
         else:
             slot = len(self.items)
             self.items.append(item)
-        self.lru[key] = slot
+            if slot >= self.used.size:
+                grow = self.used.size
+                self.used = np.concatenate([self.used, np.zeros(grow, np.int64)])
+                self.group = np.concatenate([self.group, np.full(grow, -2, np.int64)])
+                self.nbytes = np.concatenate([self.nbytes, np.zeros(grow, np.int64)])
+        self.index[key] = slot
         self.by_name[item.name] = slot
+        self.nonglobal += item.psid != 0
+        self.group[slot] = -1
+        self.nbytes[slot] = item.nbytes
+        self.touch(slot)
         return slot, evicted
 
 
@@ -250,13 +292,19 @@ class Coordinator:
         self.members = members
         self.table: dict[str, _Entry] = {}
         self.joined = np.zeros(size, bool)
+        self._joined_any = False      # == self.joined.any()
         self.join_cycle = np.zeros(size, np.int64)
         self.cycle = 0
         self.idle_streak = 0          # consecutive cycles in which no rank had anything
         self._member_cols = np.zeros((size, 0), bool)     # [rank, slot]: rank in slot's set
-        self._partial_since: dict[int, float] = {}         # cached slot -> first seen partial
+        # cached slot -> when first seen partial (some ranks have it, not all); NaN: not
+        self._since = np.full(64, np.nan)
+        self._any_partial = False
         self._gave_up: dict[str, set[int]] = {}            # name -> ranks that timed out
-        self._have: np.ndarray | None = None               # last cycle's bit matrix
+        self._have: np.ndarray | None = None               # last cycle's bit matrix, or
+        self._rows: np.ndarray | None = None               # the rows to compute it from
+        self._gids: dict[tuple, int] = {}                   # fuse key -> cache.group id
+        self._hits: tuple | None = None                     # (slots, groups) of this cycle
 
     # ---- the row ------------------------------------------------------------------------
     def words(self) -> int:
@@ -276,20 +324,25 @@ class Coordinator:
         """The same on every rank: rows (size x (HEADER+words)) and payloads per rank."""
         self.cycle += 1
         out = Outcome()
-        flags = rows[:, 0]
-        if (rows[:, 2] != self.cache.nslots).any():
+        header = rows[:, :HEADER].tolist()       # a few ranks: Python beats numpy here
+        nslots = self.cache.nslots
+        if any(h[2] != nslots for h in header):
             raise RuntimeError(f"collx negotiation: ranks disagree on the response cache "
-                               f"({rows[:, 2].tolist()} slots); internal error")
-        if not flags.any() and not rows[:, HEADER:].any():      # nobody has anything
+                               f"({[h[2] for h in header]} slots); internal error")
+        flags = [h[0] for h in header]
+        if not any(flags) and not rows[:, HEADER:].any():      # nobody has anything
             self.idle_streak += 1
-            self._partial_since.clear()
-            self._have = None
+            self._clear_partial()
+            self._have = self._rows = None
             return out
         self.idle_streak = 0
-        newly = (flags & FLAG_JOINED).astype(bool) & ~self.joined
-        self.join_cycle[newly] = self.cycle
-        self.joined |= (flags & FLAG_JOINED).astype(bool)
-        out.shutdown = np.flatnonzero(flags & FLAG_SHUTDOWN).tolist()
+        if any(f & FLAG_JOINED for f in flags):
+            joined = np.array([bool(f & FLAG_JOINED) for f in flags])
+            newly = joined & ~self.joined
+            self.join_cycle[newly] = self.cycle
+            self.joined |= joined
+            self._joined_any = True
+        out.shutdown = [r for r, f in enumerate(flags) if f & FLAG_SHUTDOWN]
         # payloads: cancels and new announcements, in rank order
         for r, payload in enumerate(payloads):
             if payload:
@@ -318,30 +371,39 @@ class Coordinator:
                     entry.items[r] = _item(key)
                     entry.gave_up.discard(r)
                     self._gave_up.get(name, set()).discard(r)
-        ready = self._cached_ready(rows, now, out.reset_slots)
-        ready += self._table_ready(out)
-        out.responses = self._fuse(ready) + out.responses
-        # cache what was negotiated anew (after this cycle's readiness: identical everywhere)
-        # (touch every hit before inserting: an insert must not evict a slot used now)
-        done = [it for resp in out.responses if resp.error is None for it in resp.items]
-        for it in done:
-            slot = self.cache.by_name.get(it.name)
-            if slot is not None:
-                self.cache.touch(slot)
-        for it in done:
-            if it.kind == "remove_process_set":
-                self._evict_set(it.agree.get("process_set_id"), out)
-            elif it.name not in self.cache.by_name and ".noname." not in it.name:
-                self._insert(it, out)
-        if self.joined.all():
+        self._hits = None
+        ready = self._cached_ready(rows, now, out.reset_slots)   # stamps the slots it uses
+        table = self._table_ready(out)
+        if table or self._hits is None:
+            out.responses = self._fuse(ready + table if table else ready) + out.responses
+        else:
+            out.responses = self._group_slots(ready, *self._hits) + out.responses
+        # cache what was negotiated anew (after this cycle's readiness: identical everywhere;
+        # the cached hits were stamped first, so an insert never evicts a slot used now)
+        by_name = self.cache.by_name
+        for resp in table:
+            if resp.error is not None:
+                continue
+            for it in resp.items:
+                slot = by_name.get(it.name)
+                if slot is not None:
+                    self.cache.touch(slot)
+                elif it.kind == "remove_process_set":
+                    self._evict_set(it.agree.get("process_set_id"), out)
+                elif ".noname." not in it.name:
+                    self._insert(it, out)
+        if self._joined_any and self.joined.all():
             last_cycle = self.join_cycle.max()
             out.join_last = int(np.flatnonzero(self.join_cycle == last_cycle).max())
             self.joined[:] = False
+            self._joined_any = False
             self.join_cycle[:] = 0
         return out
 
     def _insert(self, it: Item, out: Outcome) -> None:
         slot, evicted = self.cache.insert(it.ckey, it)
+        if it.fuse_key is not None:
+            self.cache.group[slot] = self._gids.setdefault(it.fuse_key, len(self._gids))
         if evicted is not None:
             out.reset_slots.add(evicted)
         if self._member_cols.shape[1] <= slot:
@@ -351,7 +413,9 @@ class Coordinator:
         col = np.zeros(self.size, bool)
         col[self.members(it.psid) or []] = True
         self._member_cols[:, slot] = col
-        self._partial_since.pop(slot, None)
+        if slot >= self._since.size:
+            self._since = np.concatenate([self._since, np.full(self._since.size, np.nan)])
+        self._since[slot] = np.nan
 
     def _evict_set(self, psid: Any, out: Outcome) -> None:
         for slot, it in enumerate(self.cache.items):
@@ -359,38 +423,90 @@ class Coordinator:
                 self.cache.evict(slot)
                 out.reset_slots.add(slot)
 
-    def _cached_ready(self, rows: np.ndarray, now: float, evicted: set[int]) -> list[Response]:
+    def _cached_ready(self, rows: np.ndarray, now: float, evicted: set[int]) -> list[Any]:
         n = self.cache.nslots
+        self._have = self._rows = None
         if n == 0:
-            self._have = None
             return []
-        bits = np.ascontiguousarray(rows[:, HEADER:]).view(np.uint8)
-        have = np.unpackbits(bits, axis=1, bitorder="little")[:, :n].astype(bool)
-        for s in evicted:
-            have[:, s] = False
-        self._have = have
-        anyone = have.any(axis=0)
-        if not anyone.any():
-            self._partial_since.clear()
-            return []
-        covered = have | self.joined[:, None] | ~self._member_cols[:, :n]
-        ready = anyone & covered.all(axis=0)
-        partial = anyone & ~ready
-        if partial.any():
-            keep = {}
-            for s in np.flatnonzero(partial).tolist():
-                keep[s] = self._partial_since.get(s, now)
-            self._partial_since = keep
+        if not self._joined_any and not evicted and not self.cache.nonglobal:
+            # every cached request is of the global set and nobody joined: ready = AND of
+            # every rank's words, partial = OR but not AND (no bit matrix needed)
+            words = rows[:, HEADER:HEADER + -(-n // 64)]
+            orw = np.bitwise_or.reduce(words, axis=0)
+            if not orw.any():
+                self._clear_partial()
+                return []
+            self._rows = rows
+            andw = np.bitwise_and.reduce(words, axis=0)
+            ready = np.unpackbits(andw.view(np.uint8), bitorder="little")[:n].view(bool)
+            if (orw != andw).any():
+                partial = np.unpackbits((orw ^ andw).view(np.uint8),
+                                        bitorder="little")[:n].view(bool)
+                self._mark_partial(partial, n, now)
+            else:
+                self._clear_partial()
         else:
-            self._partial_since.clear()
-        out = []
+            bits = np.ascontiguousarray(rows[:, HEADER:]).view(np.uint8)
+            have = np.unpackbits(bits, axis=1, bitorder="little")[:, :n].astype(bool)
+            for s in evicted:
+                have[:, s] = False
+            self._have = have
+            anyone = have.any(axis=0)
+            if not anyone.any():
+                self._clear_partial()
+                return []
+            covered = have | self.joined[:, None] | ~self._member_cols[:, :n]
+            ready = anyone & covered.all(axis=0)
+            partial = anyone & ~ready
+            if partial.any():
+                self._mark_partial(partial, n, now)
+            else:
+                self._clear_partial()
+        slots = np.flatnonzero(ready)
+        self.cache.touch(slots)
+        items = self.cache.items
+        if self._gave_up:
+            for s in slots.tolist():
+                it = items[s]
+                if it is not None:
+                    self._gave_up.pop(it.name, None)
+        if not self._joined_any:                # the common case: Items, grouped by numpy
+            groups = self.cache.group[slots]
+            if (groups == -2).any():            # (a free slot is never ready; be safe)
+                slots, groups = slots[groups != -2], groups[groups != -2]
+            self._hits = (slots, groups)
+            return list(map(items.__getitem__, slots.tolist()))
+        out: list[Any] = []
         joined = tuple(np.flatnonzero(self.joined).tolist())
-        for s in np.flatnonzero(ready).tolist():
-            it = self.cache.items[s]
+        for s in slots.tolist():
+            it = items[s]
             if it is not None:
-                self._gave_up.pop(it.name, None)
-                out.append(Response([it], joined=self._joined_in(it.psid, joined)))
+                jn = self._joined_in(it.psid, joined)
+                if jn:                          # a joined rank that still submitted it takes part
+                    jn = tuple(r for r in jn if not self._have[r, s])
+                out.append(join_error(it, jn) if jn and not joinable(it) else
+                           Response([it], joined=jn))
         return out
+
+    def _mark_partial(self, partial: np.ndarray, n: int, now: float) -> None:
+        since = self._since[:n]
+        since[partial & np.isnan(since)] = now
+        since[~partial] = np.nan
+        self._since[n:] = np.nan
+        self._any_partial = True
+
+    def _have_matrix(self) -> np.ndarray | None:
+        """The last cycle's [rank, slot] bit matrix (None when idle)."""
+        if self._have is None and self._rows is not None:
+            bits = np.ascontiguousarray(self._rows[:, HEADER:]).view(np.uint8)
+            self._have = np.unpackbits(bits, axis=1, bitorder="little")[
+                :, :self.cache.nslots].astype(bool)
+        return self._have
+
+    def _clear_partial(self) -> None:
+        if self._any_partial:
+            self._since[:] = np.nan
+            self._any_partial = False
 
     def _joined_in(self, psid: int, joined: tuple[int, ...]) -> tuple[int, ...]:
         if not joined:
@@ -400,6 +516,8 @@ class Coordinator:
 
     def _table_ready(self, out: Outcome) -> list[Response]:
         ready: list[Response] = []
+        if not self.table:
+            return ready
         joined = set(np.flatnonzero(self.joined).tolist())
         for name in list(self.table):
             entry = self.table[name]
@@ -436,35 +554,58 @@ class Coordinator:
                     for rs in groups.values())
                 ready.append(Response([first], error=(
                     f"collx.{first.kind}: ranks disagree about tensor {name!r}: {what}")))
-            elif jn and first.kind not in JOINABLE:
-                ready.append(Response([first], usage=True, error=(
-                    f"collx.{first.kind}: tensor {name!r} cannot run while rank(s) {list(jn)} "
-                    f"have joined (collx.join); only allreduce, reducescatter, allgather and "
-                    f"barrier can")))
+            elif jn and not joinable(first):
+                ready.append(join_error(first, jn))
             else:
                 ready.append(Response([first], joined=jn))
         return ready
 
-    def _fuse(self, ready: list[Response]) -> list[Response]:
-        """Group fusible allreduces (same fuse key, same joined ranks) up to the threshold."""
-        if self.fusion_bytes <= 0:
-            return ready
+    def _group_slots(self, items: list[Item], slots: np.ndarray, groups: np.ndarray
+                     ) -> list[Response]:
+        """What ``_fuse(items)`` returns, for cached hits with no rank joined, without a
+        Python step per item when every fuse key's tensors fit in one response."""
+        limit = self.fusion_bytes
+        if not items:
+            return []
+        if limit <= 0 or (groups < 0).any():
+            return self._fuse(items)
+        nbytes = self.cache.nbytes[slots]
+        if (groups == groups[0]).all():
+            return [Response(items)] if int(nbytes.sum()) <= limit else self._fuse(items)
+        _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+        if (np.bincount(inverse, weights=nbytes) > limit).any():
+            return self._fuse(items)
+        return [Response([items[i] for i in np.flatnonzero(inverse == k).tolist()])
+                for k in np.argsort(first, kind="stable").tolist()]
+
+    def _fuse(self, ready: list) -> list[Response]:
+        """Responses for the ready list (Items: cached and ready with no rank joined;
+        Responses: everything else): fusible allreduces with the same fuse key and joined
+        ranks are grouped, in ready order, up to the threshold."""
+        limit = self.fusion_bytes
         out: list[Response] = []
-        open_: dict[tuple, tuple[Response, list[int]]] = {}
-        for resp in ready:
-            it = resp.items[0]
-            if resp.error is not None or it.fuse_key is None:
-                out.append(resp)
+        open_: dict[tuple, list] = {}           # key -> [items, bytes]
+        for entry in ready:
+            if isinstance(entry, Item):
+                it, joined = entry, ()
+                key = it.fuse_key
+            else:
+                if entry.error is not None or limit <= 0 or entry.items[0].fuse_key is None:
+                    out.append(entry)
+                    continue
+                it, joined = entry.items[0], entry.joined
+                key = it.fuse_key + (joined,)
+            if key is None or limit <= 0:
+                out.append(Response([it], joined=joined))
                 continue
-            key = it.fuse_key + (resp.joined,)
             cur = open_.get(key)
-            if cur is not None and cur[1][0] + it.nbytes <= self.fusion_bytes:
-                cur[0].items.append(it)
-                cur[1][0] += it.nbytes
+            if cur is not None and cur[1] + it.nbytes <= limit:
+                cur[0].append(it)
+                cur[1] += it.nbytes
                 continue
-            fused = Response([it], joined=resp.joined)
-            open_[key] = (fused, [it.nbytes])
-            out.append(fused)
+            resp = Response([it], joined=joined)
+            open_[key] = [resp.items, it.nbytes]
+            out.append(resp)
         return out
 
     # ---- reports ------------------------------------------------------------------------
@@ -480,12 +621,14 @@ class Coordinator:
             have = sorted(entry.keys)
             rows.append((name, now - entry.since, have,
                          sorted(need - joined - set(have) - entry.gave_up)))
-        if self._have is not None:
-            for s, since in self._partial_since.items():
+        matrix = self._have_matrix()
+        if matrix is not None:
+            partial = np.flatnonzero(~np.isnan(self._since[:matrix.shape[1]])).tolist()
+            for s, since in zip(partial, self._since[partial].tolist()):
                 it = self.cache.items[s]
                 if it is None:
                     continue
-                have = np.flatnonzero(self._have[:, s]).tolist()
+                have = np.flatnonzero(matrix[:, s]).tolist()
                 need = set(self.members(it.psid) or [])
                 gave_up = self._gave_up.get(it.name, set())
                 rows.append((it.name, now - since, have,
@@ -497,8 +640,8 @@ class Coordinator:
         """When the longest-waiting partially announced request was first seen (None: none);
         cheap, so the stall check can run every cycle."""
         times = [e.since for e in self.table.values()]
-        if self._partial_since:
-            times.append(min(self._partial_since.values()))
+        if self._any_partial:
+            times.append(float(np.nanmin(self._since)))
         return min(times) if times else None
 
     def missing(self, name: str, now: float) -> list[int]:

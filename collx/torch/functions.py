@@ -41,7 +41,8 @@ def broadcast_parameters(params: Any, root_rank: int, prefix: str | None = None,
 def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None,
                      process_set: Any = None) -> Any:
     """root_rank's ``obj`` on every rank (pickled; other ranks' ``obj`` is ignored)."""
-    name = type(obj).__name__ if name is None else name
+    # one default for every rank: the root's obj and the others' (often None) differ in type
+    name = "broadcast_object" if name is None else name
     if _ops.rank() == root_rank:
         data = np.frombuffer(pickle.dumps(obj, protocol=5), dtype=np.uint8)
         length = torch.tensor([data.size], dtype=torch.int64)
@@ -58,7 +59,7 @@ def broadcast_object(obj: Any, root_rank: int = 0, name: str | None = None,
 
 def allgather_object(obj: Any, name: str | None = None, process_set: Any = None) -> list:
     """Every rank's ``obj``, in rank order (pickled)."""
-    name = type(obj).__name__ if name is None else name
+    name = "allgather_object" if name is None else name
     data = torch.from_numpy(np.frombuffer(pickle.dumps(obj, protocol=5), dtype=np.uint8).copy())
     sizes = _ops.allgather(torch.tensor([data.numel()], dtype=torch.int64), f"{name}.sz",
                            process_set).tolist()

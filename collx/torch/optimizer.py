@@ -35,7 +35,8 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         if named_parameters is not None:
             named_parameters = list(named_parameters)
         else:
-            named_parameters = [(f"allreduce.noname.{i}.{j}", p)
+            # stable names the response cache keeps (auto-named "*.noname.*" are never cached)
+            named_parameters = [(f"DistributedOptimizer.param.{i}.{j}", p)
                                 for i, group in enumerate(self.param_groups)
                                 for j, p in enumerate(group["params"])]
         if any(not isinstance(p, tuple) for p in named_parameters):

@@ -21,7 +21,13 @@ from .autograd import allreduce
 
 
 class SyncBatchNorm(_BatchNorm):
-    """Drop-in for torch.nn.BatchNorm{1,2,3}d (Horovod's hvd.SyncBatchNorm)."""
+    """Drop-in for torch.nn.BatchNorm{1,2,3}d (Horovod's hvd.SyncBatchNorm).
+
+    Its allreduces are named after the order in which modules first run in training mode
+    (the same on every rank, as for any un-named collective), so that later steps hit the
+    negotiated engine's response cache instead of being described anew every step."""
+
+    _collx_count = 0
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True,
@@ -29,6 +35,7 @@ class SyncBatchNorm(_BatchNorm):
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          device=device, dtype=dtype)
         self.process_set = process_set
+        self._collx_name: str | None = None
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
@@ -38,17 +45,24 @@ class SyncBatchNorm(_BatchNorm):
         self._check_input_dim(input)
         if not self.training or _ops._set_size(self.process_set) == 1:
             return super().forward(input)
+        if self._collx_name is None:
+            self._collx_name = f"sync_batch_norm.{SyncBatchNorm._collx_count}"
+            SyncBatchNorm._collx_count += 1
+        name = self._collx_name
+        dtype = input.dtype
+        if dtype in (torch.float16, torch.bfloat16):   # exact counts, stable sums
+            input = input.float()
         c = input.size(1)
         dims = [0] + list(range(2, input.dim()))
         shape = [1, c] + [1] * (input.dim() - 2)
         count = torch.tensor([float(input.numel() // c)], dtype=input.dtype)
         sums = allreduce(torch.cat([input.sum(dims), count]), op=_ops.Sum,
-                         process_set=self.process_set)
+                         name=f"{name}.sums", process_set=self.process_set)
         n = sums[c]
         mean = sums[:c] / n
         centred = input - mean.reshape(shape)
         var = allreduce((centred * centred).sum(dims), op=_ops.Sum,
-                        process_set=self.process_set) / n
+                        name=f"{name}.var", process_set=self.process_set) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -60,4 +74,4 @@ class SyncBatchNorm(_BatchNorm):
         out = centred * torch.rsqrt(var + self.eps).reshape(shape)
         if self.affine:
             out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
-        return out
+        return out.to(dtype)

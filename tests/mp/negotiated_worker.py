@@ -25,6 +25,12 @@ mixed      rank 0 runs the negotiated engine, rank 1 the ordered one: both get a
            (MismatchError or CollxTimeout), never a wrong result or a hang.
 frozen     COLLX_FREEZE_AFTER=2: a loop of steps freezes, stays exact, unfreezes on a tensor
            outside the schedule and on changed shapes, and freezes again.
+review     (3 ranks; fixes of the issue-5 review) a mismatch of process sets reaches the rank
+           on the other set; un-named calls are numbered per process set; a numpy block=
+           for quantized_allreduce; while a rank has joined, a cached broadcast and Min/Max
+           allreduces are InvalidUsage, Sum still works; a timed-out join() refuses new
+           submits; a rank whose worker dies takes the others down at once (TransportError
+           well before COLLX_TIMEOUT).
 killed     (through mp.launch.Ranks) the test SIGKILLs the last rank while the others wait
            on a tensor: they raise TransportError/CollxTimeout instead of hanging.
 
@@ -183,10 +189,12 @@ def mode_mismatch(ck: worker.Checker) -> None:
         cx.allreduce(np.ones(3), name="was.good")
     expect(ck, "cached then shape", lambda: cx.allreduce(np.ones(3 + (r == n - 1)), name="was.good"),
            cx.MismatchError, "was.good")
-    h = cx.allreduce_async(np.ones(2), name="dup")
-    expect(ck, "duplicate name", lambda: cx.allreduce_async(np.ones(2), name="dup"),
-           cx.InvalidUsage, "dup", "already pending")
-    h.wait(T)
+    # a name only this rank submits stays pending (a shared one could complete between the
+    # two calls), until its own short timeout
+    h = cx.allreduce_async(np.ones(2), name=f"dup.{r}", timeout=1.0)
+    expect(ck, "duplicate name", lambda: cx.allreduce_async(np.ones(2), name=f"dup.{r}"),
+           cx.InvalidUsage, f"dup.{r}", "already pending")
+    expect(ck, "lone name times out", lambda: h.wait(T), cx.CollxTimeout, f"dup.{r}")
     if n > 1:
         expect(ck, "send", lambda: cx.send(np.ones(2), (r + 1) % n), cx.InvalidUsage,
                "ordered engine")
@@ -393,6 +401,81 @@ def mode_frozen(ck: worker.Checker) -> None:
     worker.say("STATS " + json.dumps(eng.stats))
     ck.cover("frozen")
     cx.shutdown()                                      # leaves frozen mode first
+    ck.finish()
+
+
+def mode_review(ck: worker.Checker) -> None:
+    cx = start()
+    r, n = cx.rank(), cx.size()
+    assert n == 3, n
+    eng = cx.api._engine
+    # 4: ranks 0, 1 pass process_set=P, rank 2 the global set: all three learn it
+    P = cx.add_process_set([0, 1])
+    # rank 2's global request is announced before ranks 0 and 1 submit theirs (a global
+    # allreduce that needs all three sits between): otherwise P could legitimately complete
+    # "psx" among its two members before rank 2's announcement arrives
+    if r == 2:
+        h = cx.allreduce_async(np.ones(3), name="psx")
+        cx.allreduce(np.ones(1), name="psx-order")
+        expect(ck, "set mismatch", lambda: h.wait(T), cx.MismatchError, "psx")
+    else:
+        cx.allreduce(np.ones(1), name="psx-order")
+        expect(ck, "set mismatch", lambda: cx.allreduce(np.ones(3), name="psx", process_set=P),
+               cx.MismatchError, "psx")
+    # 5: rank 0 is in A and B; un-named calls are numbered per set
+    A, B = cx.add_process_set([0, 2]), cx.add_process_set([1, 2])
+    if r in (0, 2):
+        ck.equal("noname on A", cx.allreduce(np.full(2, 1.0), op=cx.Sum, process_set=A),
+                 np.full(2, 2.0))
+    if r in (1, 2):
+        ck.equal("noname on B", cx.allreduce(np.full(2, 10.0), op=cx.Sum, process_set=B),
+                 np.full(2, 20.0))
+        cx.barrier(process_set=B)
+    if r in (0, 2):
+        cx.barrier(process_set=A)
+    # 3: a numpy integer block= is a plain int in the description
+    xf = np.linspace(-1, 1, 300).astype(np.float32) * (r + 1)
+    got = cx.quantized_allreduce(xf, op=cx.Sum, name="qblock", block=np.int64(64))
+    ck.true("numpy block", float(np.abs(got - 6 * np.linspace(-1, 1, 300)).max()) < 0.2,
+            str(got[:4]))
+    # 1, 7, 9: rank 2 joins; its join times out and stays in force
+    for _ in range(2):
+        cx.broadcast(np.full(4, float(r)), 0, name="lr")
+        cx.allreduce(np.full(2, r + 1.0), op=cx.Min, name="mn")
+    if r == 2:
+        expect(ck, "join timeout", lambda: cx.join(0.3), cx.CollxTimeout)
+        expect(ck, "submit after a timed-out join", lambda: cx.allreduce(np.ones(2), name="x"),
+               cx.InvalidUsage, "join")
+        last = cx.join(T)
+    else:
+        time.sleep(1.0)                          # rank 2's joined flag is out
+        expect(ck, "cached broadcast while joined", lambda: cx.broadcast(
+            np.full(4, float(r)), 0, name="lr"), cx.InvalidUsage, "joined", "'lr'", "[2]")
+        expect(ck, "cached Min while joined", lambda: cx.allreduce(
+            np.full(2, r + 1.0), op=cx.Min, name="mn"), cx.InvalidUsage, "joined", "'mn'")
+        expect(ck, "Max while joined", lambda: cx.allreduce(
+            np.full(2, -1.0), op=cx.Max, name="mx"), cx.InvalidUsage, "joined", "'mx'")
+        ck.equal("Sum while joined", cx.allreduce(np.ones(2), op=cx.Sum, name="sj"),
+                 np.full(2, 2.0))
+        last = cx.join(T)
+    ck.true("join returns a rank that joined last", last in (0, 1), str(last))
+    ck.equal("after join", cx.allreduce(np.ones(2), op=cx.Sum, name="after.join"),
+             np.full(2, 3.0))
+    # 8: rank 2's worker dies; ranks 0 and 1 fail at once instead of at COLLX_TIMEOUT
+    t0 = time.monotonic()
+    if r == 2:
+        def boom(*args):
+            raise RuntimeError("injected worker failure")
+        eng.coord.process = boom
+        expect(ck, "dead worker", lambda: cx.allreduce(np.ones(2), name="trigger"),
+               cx.TransportError, "injected")
+    else:
+        expect(ck, "peer's worker died", lambda: cx.allreduce(np.ones(2), name="never"),
+               cx.TransportError)
+        waited = time.monotonic() - t0
+        ck.true("peers fail fast", waited < 5.0, f"{waited:.1f} s")
+    ck.cover("review")
+    cx.shutdown()
     ck.finish()
 
 

@@ -193,6 +193,12 @@ def collectives() -> None:
     check("broadcast_object", obj == {"rank": n - 1, "list": [1, 2, n - 1]}, str(obj))
     got = hvd.allgather_object(("r", r, "x" * r))
     check("allgather_object", got == [("r", s, "x" * s) for s in range(n)], str(got))
+    # objects of different types on different ranks (Horovod's checkpoint idiom): one name
+    obj = hvd.broadcast_object({"step": 7} if r == 0 else None, 0)
+    check("broadcast_object from a dict to None", obj == {"step": 7}, str(obj))
+    got = hvd.allgather_object(r if r % 2 else str(r))
+    check("allgather_object of mixed types", got == [s if s % 2 else str(s) for s in range(n)],
+          str(got))
     covered.append("objects")
     # grouped (ENGINE)
     if has("grouped_allreduce_async"):
