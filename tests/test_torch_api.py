@@ -10,13 +10,9 @@ import warnings
 import numpy as np
 import pytest
 
-try:
-    import torch
-except ImportError:
-    if os.environ.get("COLLX_REQUIRE_TORCH") == "1":
-        raise
-    pytest.skip("torch is not installed (pip install collx[torch]); COLLX_REQUIRE_TORCH=1 "
-                "turns this skip into a failure", allow_module_level=True)
+from torch_support import require_torch
+
+torch = require_torch()
 
 import collx
 import collx.torch as hvd

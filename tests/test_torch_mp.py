@@ -22,19 +22,14 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 from mp.launch import assert_all_ok, clean_env, collxrun
 
-try:
-    import torch  # noqa: F401
-except ImportError:
-    if os.environ.get("COLLX_REQUIRE_TORCH") == "1":
-        raise
-    pytest.skip("torch is not installed (pip install collx[torch]); COLLX_REQUIRE_TORCH=1 "
-                "turns this skip into a failure", allow_module_level=True)
+from torch_support import require_torch
+
+require_torch()
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -144,25 +144,7 @@ class NegotiatedEngine:
             name = self.name_for(kind, name, 0)
         desc, desc_t = agree
         r = Request(name, kind, 0, desc, None, None, arr, res, None, (name, kind, 0, desc_t))
-        # enqueue1, inline
-        r.t_submit = _perf_counter()
-        with self._lock:
-            slow = self._stop_reason is not None or self._join_handle is not None \
-                or name in self._names
-            if not slow:
-                self._names.add(name)
-                incoming = self._incoming
-                wake = not incoming
-                incoming.append(r)
-                if wake:
-                    self._cv.notify()
-                    if self._frozen is not None:
-                        wake = False
-        if slow:
-            return self.enqueue([r])[0]
-        if wake and self._bell is not None:
-            self._bell.ring_local()
-        return r
+        return self.enqueue1(r)
 
     def enqueue1(self, r: Request) -> Handle:
         """``enqueue([r])[0]``, for the hot path (errors: through enqueue)."""
