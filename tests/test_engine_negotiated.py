@@ -93,6 +93,21 @@ def test_rank_leaving_fails_pending_not_hangs() -> None:
     assert_all_ok(_run(2, "leave", timeout=60), 2)
 
 
+def test_shutdown_is_collective_and_sets_outlive_leaving_ranks() -> None:
+    job = _run(4, "leave_sets", timeout=60)
+    assert_all_ok(job, 4)
+    for r in (2, 3):     # they waited in shutdown() for ranks 0 and 1 (busy >= 1 s)
+        waited = float(job.lines(r, "WAITED")[0].split()[-1])
+        assert waited >= 0.9, job.report()
+
+
+def test_shutdown_gives_up_after_the_timeout() -> None:
+    job = _run(2, "left", timeout=60, COLLX_TIMEOUT="3")
+    assert_all_ok(job, 2)
+    waited = float(job.lines(1, "WAITED")[0].split()[-1])
+    assert 2.5 <= waited <= 6.0, job.report()
+
+
 def test_ordered_vs_negotiated_rank_is_an_error() -> None:
     job = _run(2, "mixed", timeout=40, COLLX_TIMEOUT="5")
     assert job.returncode == 0, job.report()

@@ -27,9 +27,14 @@ training loop repeated the same allreduces, the worker stops cycling and runs th
 frozen order and groups (collx/runtime/frozen.py), until a rank meets something outside
 the schedule; then every rank returns to negotiation together.
 
-Shutdown: ``shutdown()`` waits for this rank's pending requests (bounded by their
-deadlines), then raises the SHUTDOWN flag; in that cycle every rank's worker stops, and
-requests still pending elsewhere fail with TransportError naming the rank that left. A
+Shutdown is collective (like MPI_Finalize): ``shutdown()`` waits for this rank's pending
+requests (bounded by their deadlines; what is still pending then fails with CollxTimeout),
+then raises the SHUTDOWN flag and keeps cycling until every rank's flag is up; then every
+worker stops in that cycle. Meanwhile the other ranks' work on process sets without the
+leaving ranks runs on, and a request whose set contains a leaving rank fails at once with
+TransportError naming it (that rank will never submit it). A rank that waited its timeout
+for the others raises LEFT, and every worker stops in that cycle (the ranks that were not
+shutting down with TransportError naming it). A
 coordination collective that fails (a dead peer) fails every pending handle with its error;
 later calls raise it at once. A worker that stops on any error closes the world's
 connections, so that its peers raise TransportError at once instead of at COLLX_TIMEOUT.
@@ -58,8 +63,8 @@ from .engine import Handle, finish_all
 from .frozen import Frozen, PeriodTracker
 from .fusion import FusionBuffer, fuse, nice_count, unfuse
 from .wake import Doorbell
-from .negotiation import (ALLREDUCE_KINDS, FLAG_JOINED, FLAG_NEW, FLAG_SHUTDOWN, Coordinator,
-                          Item, Request, Response, dtype_of, stall_message)
+from .negotiation import (ALLREDUCE_KINDS, FLAG_JOINED, FLAG_LEFT, FLAG_NEW, FLAG_SHUTDOWN,
+                          Coordinator, Item, Request, Response, dtype_of, stall_message)
 
 log = logging.getLogger("collx.engine")
 _perf_counter = time.perf_counter
@@ -81,6 +86,8 @@ class NegotiatedEngine:
         self._counters: dict[tuple[str, int], int] = {}
         self._stop_reason: BaseException | None = None
         self._shutdown_asked = False
+        self._shutdown_wait = self.comm.timeout  # how long shutdown() waits for the others
+        self._leave_now = False                  # close(): leave without waiting
         self._join_handle: Handle | None = None
         # worker-owned state
         self._local: dict[str, Request] = {}
@@ -88,6 +95,8 @@ class NegotiatedEngine:
         self._cancels: list[str] = []
         self._reannounce: list[Request] = []
         self._joined = False
+        self._shutdown_sent = False
+        self._leave_at = 0.0
         self._fbuf = FusionBuffer()
         self._last_warn = 0.0
         self._ran = False
@@ -231,17 +240,21 @@ class NegotiatedEngine:
                 self._cv.wait(min(left, 0.05))
 
     def shutdown(self, timeout: float | None = None) -> None:
-        """Finish this rank's work, then tell every rank's worker to stop (one cycle)."""
-        self.drain(timeout)
+        """Finish this rank's work, then wait (up to ``timeout``) until every rank called
+        shutdown; every worker stops in the same cycle."""
+        wait = self.comm.timeout if timeout is None else timeout
+        self.drain(wait)
         with self._cv:
+            self._shutdown_wait = wait
             self._shutdown_asked = True
             self._cv.notify_all()
         self._ring()
-        self._thread.join(timeout=(self.comm.timeout if timeout is None else timeout) + 5)
+        self._thread.join(timeout=wait + 5)
 
     def close(self) -> None:
         with self._cv:
             self._shutdown_asked = True
+            self._leave_now = True
             if self._stop_reason is None and not self._thread.is_alive():
                 self._stop_reason = InvalidUsage("shut down")
             self._cv.notify_all()
@@ -312,7 +325,9 @@ class NegotiatedEngine:
         bell = self._bell
         while True:
             with self._cv:
-                if self._shutdown_asked or (self._join_handle is not None and not self._joined) \
+                if self._shutdown_asked and not self._shutdown_sent \
+                        or self._leave_now and self._shutdown_sent \
+                        or (self._join_handle is not None and not self._joined) \
                         or self._incoming:
                     return True
                 streak = self.coord.idle_streak
@@ -325,8 +340,9 @@ class NegotiatedEngine:
                     continue
             if bell.wait(left):                  # rung: by a peer, or by a local submit
                 with self._cv:
-                    return bool(self._shutdown_asked or self._join_handle is not None
-                                and not self._joined or self._incoming)
+                    return bool(self._shutdown_asked and not self._shutdown_sent
+                                or self._join_handle is not None and not self._joined
+                                or self._incoming)
 
     def _stop(self, reason: BaseException) -> None:
         with self._cv:
@@ -364,6 +380,9 @@ class NegotiatedEngine:
         batch = self._reannounce + new if self._reannounce else new
         self._reannounce = []
         local = self._local
+        if shutdown and not self._shutdown_sent:
+            self._begin_shutdown(now, batch)
+            batch = []
         lookup, bad = coord.cache.index.get, None
         hit_slots, misses = [], []
         for req in batch:
@@ -401,8 +420,11 @@ class NegotiatedEngine:
             payload = json.dumps({"n": announce, "c": self._cancels},
                                  separators=(",", ":")).encode()
             self._cancels = []
-        flags = (FLAG_NEW if payload else 0) | (FLAG_SHUTDOWN if shutdown else 0) | \
-            (FLAG_JOINED if self._joined else 0)
+        flags = (FLAG_NEW if payload else 0) | (FLAG_JOINED if self._joined else 0)
+        if self._shutdown_sent:
+            flags |= FLAG_SHUTDOWN
+            if self._leave_now or now >= self._leave_at:
+                flags |= FLAG_LEFT
         row = coord.row(flags, len(payload), bits)
         n = self.size
         rows = self._gather(("negotiate-rows", row.size), row, lambda: build_schedule(
@@ -450,14 +472,60 @@ class NegotiatedEngine:
                 self._joined = False
             if handle is not None:
                 handle._finish(outcome.join_last, None)
-        if outcome.shutdown:
-            others = [r for r in outcome.shutdown if r != self.rank]
-            self._stop(TransportError(
-                f"rank(s) {others} called collx.shutdown() while this rank still had work "
-                f"pending; every rank must submit the same tensors before leaving")
-                if others else InvalidUsage("shut down"))
+        if outcome.left or len(outcome.shutdown) == n:
+            if self._shutdown_sent:
+                self._stop(InvalidUsage("shut down"))
+            else:
+                self._stop(TransportError(
+                    f"rank(s) {outcome.left} called collx.shutdown() and left after waiting "
+                    f"for this rank to call it too; call collx.shutdown() on every rank"))
             return True
+        if outcome.shutdown:
+            self._orphan(outcome.shutdown)
         return False
+
+    def _begin_shutdown(self, now: float, batch: list[Request]) -> None:
+        """This rank enters shutdown: what drain() left pending cannot run any more (the
+        other ranks may never submit it); fail it and cancel its announcements."""
+        self._shutdown_sent = True
+        self._leave_at = now + max(0.0, self._shutdown_wait)
+        stale = list(self._local.values())
+        self._cancels.extend(map(_NAME, stale))
+        self._forget(stale)
+        for req in batch:
+            self._local.pop(req.name, None)
+        self._forget(batch)
+        for req in stale + batch:
+            req._finish(None, CollxTimeout(
+                f"collx.{req.kind}: tensor {req.name!r} was still not ready on every rank "
+                f"when collx.shutdown() stopped waiting for it"))
+
+    def _orphan(self, leaving: list[int]) -> None:
+        """Fail this rank's requests that a rank in shutdown() would have to join (it never
+        will): at once, naming it, instead of at the request's deadline."""
+        gone = set(leaving)
+        doomed = []
+        for req in self._local.values():
+            members = self._members(req.psid)
+            if members is not None and gone.intersection(members):
+                doomed.append(req)
+        if doomed:
+            self._cancels.extend(map(_NAME, doomed))
+            self._forget(doomed)
+            for req in doomed:
+                who = sorted(gone.intersection(self._members(req.psid) or ()))
+                req._finish(None, TransportError(
+                    f"collx.{req.kind}: tensor {req.name!r} can never run: rank(s) {who} "
+                    f"called collx.shutdown() without submitting it; every rank of the "
+                    f"process set must submit the same tensors before leaving"))
+        with self._cv:
+            join = self._join_handle
+            if join is not None and not self._shutdown_sent:
+                self._join_handle, self._joined = None, False
+        if join is not None and not self._shutdown_sent and not join.done():
+            join._finish(None, TransportError(
+                f"collx.join: rank(s) {sorted(gone)} called collx.shutdown() instead of "
+                f"collx.join(); every rank must join before any rank leaves"))
 
     # ---- frozen order (collx/runtime/frozen.py) -----------------------------------------
     def _frozen_step(self) -> bool:

@@ -4,8 +4,8 @@ The negotiated engine's worker (collx/runtime/negotiated_engine.py) runs one coo
 cycle every COLLX_CYCLE_TIME ms (at once after a local submit) on every rank of the world:
 
 1. **Row allgather** (always; one collective, plan key ``("negotiate-rows", words)``): each
-   rank contributes ``HEADER + W`` int64 words — flags (NEW: it has a payload; SHUTDOWN;
-   JOINED), its payload length, the number of response-cache slots in use, then one bit per
+   rank contributes ``HEADER + W`` int64 words — flags (NEW: it has a payload; SHUTDOWN: it
+   is in collx.shutdown(); JOINED; LEFT: it leaves now), its payload length, the number of response-cache slots in use, then one bit per
    cache slot: "I have a pending request matching this cached entry". With C cached slots
    W = ceil(C/64): 32 bytes for an empty cache, 152 bytes for 1024 entries.
 2. **Payload allgather** (only in cycles where some rank has NEW): each rank's JSON payload
@@ -50,6 +50,13 @@ serve with zeros or no rows (Sum/Average reductions, allgather, barrier; anythin
 or announced, is an InvalidUsage response naming the joined ranks); when
 every rank is joined, join() returns everywhere with the last rank to join (the highest rank
 among those whose flag appeared in the latest cycle).
+
+**Shutdown** is collective, like MPI_Finalize: a rank in collx.shutdown() keeps cycling with
+its SHUTDOWN flag up (such rows count as idle) until every rank's flag is up, then every
+worker stops in that same cycle. Work still pending on a process set that does not contain
+the leaving ranks runs meanwhile; a request whose set contains one can never run and fails
+at once with the ranks' names (collx/runtime/negotiated_engine.py). A rank that waited its
+timeout raises LEFT, and every worker stops in that cycle.
 """
 from __future__ import annotations
 
@@ -65,7 +72,7 @@ import numpy as np
 
 from .engine import Handle
 
-FLAG_NEW, FLAG_SHUTDOWN, FLAG_JOINED = 1, 2, 4
+FLAG_NEW, FLAG_SHUTDOWN, FLAG_JOINED, FLAG_LEFT = 1, 2, 4, 8
 HEADER = 3                      # int64 words before the bits: flags, payload bytes, slots
 ALLREDUCE_KINDS = ("allreduce", "grouped_allreduce")
 # kinds a joined rank can take part in (zeros / no rows / nothing)
@@ -176,7 +183,8 @@ class Outcome:
     responses: list[Response] = field(default_factory=list)
     reset_slots: set[int] = field(default_factory=set)   # evicted: re-announce requests there
     join_last: int | None = None
-    shutdown: list[int] = field(default_factory=list)
+    shutdown: list[int] = field(default_factory=list)    # ranks in collx.shutdown()
+    left: list[int] = field(default_factory=list)        # ranks leaving in this cycle
 
 
 def _item(key: str) -> Item:
@@ -330,7 +338,12 @@ class Coordinator:
             raise RuntimeError(f"collx negotiation: ranks disagree on the response cache "
                                f"({[h[2] for h in header]} slots); internal error")
         flags = [h[0] for h in header]
-        if not any(flags) and not rows[:, HEADER:].any():      # nobody has anything
+        if any(flags):
+            out.shutdown = [r for r, f in enumerate(flags) if f & FLAG_SHUTDOWN]
+            out.left = [r for r, f in enumerate(flags) if f & FLAG_LEFT]
+        # a rank waiting in shutdown() for the others is idle (its flag stays up)
+        if not any(f & ~(FLAG_SHUTDOWN | FLAG_LEFT) for f in flags) \
+                and not rows[:, HEADER:].any():      # nobody has anything
             self.idle_streak += 1
             self._clear_partial()
             self._have = self._rows = None
@@ -342,7 +355,10 @@ class Coordinator:
             self.join_cycle[newly] = self.cycle
             self.joined |= joined
             self._joined_any = True
-        out.shutdown = [r for r, f in enumerate(flags) if f & FLAG_SHUTDOWN]
+        if out.shutdown and self._joined_any:   # every pending join() fails (the engine)
+            self.joined[:] = False
+            self._joined_any = False
+            self.join_cycle[:] = 0
         # payloads: cancels and new announcements, in rank order
         for r, payload in enumerate(payloads):
             if payload:

@@ -21,6 +21,12 @@ sets       (3+ ranks) a process set of ranks {0, 1}: members allreduce on it whi
            does not take part; then every rank on the global set.
 leave      rank 1 shuts down while rank 0 waits on a tensor rank 1 never submits: rank 0's
            handle fails with TransportError naming rank 1 (no hang).
+leave_sets (4 ranks) ranks 2 and 3 call shutdown() at once while ranks 0 and 1 keep working
+           on the process set {0, 1} for a second: every result is exact (shutdown is
+           collective: the leaving ranks wait in it); a global tensor fails at once naming
+           ranks [2, 3]; ranks 2 and 3 leave shutdown() only after ranks 0 and 1 call it.
+left       COLLX_TIMEOUT=3: rank 1's shutdown() gives up waiting for rank 0 (busy for 6 s):
+           rank 0's next call raises TransportError saying rank 1 left.
 mixed      rank 0 runs the negotiated engine, rank 1 the ordered one: both get an error
            (MismatchError or CollxTimeout), never a wrong result or a hang.
 frozen     COLLX_FREEZE_AFTER=2: a loop of steps freezes, stays exact, unfreezes on a tensor
@@ -332,6 +338,51 @@ def mode_leave(ck: worker.Checker) -> None:
     ck.true("fails fast", time.monotonic() - t0 < 10, f"{time.monotonic() - t0:.1f} s")
     expect(ck, "after leave", lambda: cx.allreduce(np.ones(2), name="later"), cx.CollxError, "[1]")
     cx.shutdown()
+    ck.finish()
+
+
+def mode_leave_sets(ck: worker.Checker) -> None:
+    cx = start()
+    r = cx.rank()
+    ps = cx.add_process_set([0, 1])
+    cx.allreduce(np.ones(2), name="warm")
+    if r >= 2:
+        t0 = time.monotonic()
+        cx.shutdown()
+        worker.say(f"WAITED {time.monotonic() - t0:.3f}")
+        ck.finish()
+        return
+    time.sleep(1.0)                          # ranks 2 and 3 are in shutdown() by now
+    for k in range(5):
+        got = cx.allreduce(np.full(3, r + k, np.int64), op=cx.Sum, name=f"ps.{k}", process_set=ps)
+        ck.equal(f"set allreduce {k} while ranks 2, 3 shut down", got, np.full(3, 1 + 2 * k, np.int64))
+    t0 = time.monotonic()
+    expect(ck, "global orphan", lambda: cx.allreduce(np.ones(2), name="glob"),
+           cx.TransportError, "[2, 3]", "shutdown")
+    ck.true("orphan fails fast", time.monotonic() - t0 < 5, f"{time.monotonic() - t0:.1f} s")
+    ck.equal("set still works", cx.allreduce(np.full(2, 1.0), op=cx.Sum, name="ps.last", process_set=ps),
+             np.full(2, 2.0))
+    worker.say("MEMBERS DONE")
+    cx.shutdown()
+    ck.cover("leave_sets")
+    ck.finish()
+
+
+def mode_left(ck: worker.Checker) -> None:
+    cx = start()
+    r = cx.rank()
+    cx.allreduce(np.ones(2), name="warm")
+    if r == 1:
+        t0 = time.monotonic()
+        cx.shutdown()                        # waits COLLX_TIMEOUT (3 s) for rank 0, then leaves
+        worker.say(f"WAITED {time.monotonic() - t0:.3f}")
+        ck.finish()
+        return
+    time.sleep(6.0)
+    expect(ck, "after the peer left", lambda: cx.allreduce(np.ones(2), name="late"),
+           cx.TransportError, "[1]", "left")
+    cx.shutdown()
+    ck.cover("left")
     ck.finish()
 
 
