@@ -82,7 +82,7 @@ def tune(bench: Any, ops: list[str], sizes: list[int], path: str, check: bool,
         # no rank needs to read rank 0's file
         comm.selector.tune = tune_from_text(json.dumps({"version": 1, "entries": entries}),
                                             path)
-        comm.selector._cache.clear()
+        comm.choices_changed()
     _set_forced(comm, None)
     lines = ["", f"# auto vs the fastest forced algorithm (same run; auto uses the table; "
              f"median of {rounds} interleaved round(s))",

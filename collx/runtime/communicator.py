@@ -106,6 +106,9 @@ class Communicator:
     store_prefix: str = ""
     host_addr: str = "127.0.0.1"
     owns_ccomm: bool = True
+    # bumped whenever the algorithm chosen for a case may change (set_spec, choices_changed):
+    # callers that keep prepared runners (ops.allreduce_runner) key them by it
+    epoch: int = 0
     _plans: "OrderedDict[tuple, Plan]" = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -127,6 +130,14 @@ class Communicator:
         """Replace the COLLX_ALGO spec for the rest of the job (collx-bench --tune): the C
         fast path forgets the plans it replays, since their algorithm may change."""
         self.spec = parse_algo_spec(text)
+        self.choices_changed()
+
+    def choices_changed(self) -> None:
+        """The algorithm of some case may differ from now on (a new COLLX_ALGO spec or tune
+        table): forget cached decisions, the C fast path's plans and prepared runners."""
+        self.epoch += 1
+        if self.selector is not None:
+            self.selector.forget()
         if self.ccomm is not None:
             self.ccomm.fast_clear()
 

@@ -167,32 +167,46 @@ def prepare_allreduce(comm: Communicator, x: Any, op: int, out: Any, timeout: fl
     _check_op(op, name)
     code = reduce_code(arr, name)
     res = check_out(out, name, arr.shape, arr.dtype)
-    count = arr.size
-    # a job with dedicated servers uses them (star); else collx/topo's selection
-    algo = _choose(comm, "allreduce", "star" if comm.servers else None,
-                   itemsize=arr.itemsize, count=count)
-    chunk = comm.chunk_count(arr.itemsize)
-    if algo == "star" and comm.servers:
-        chunk = min(chunk, max(1, SERVER_CHUNK_BYTES // arr.itemsize))
-    plan = comm.plan(("allreduce", count, algo), arr.itemsize,
-                     lambda: _build(comm, "allreduce", algo, count=count, chunk_count=chunk,
-                                    servers=comm.servers))
-    if algo == "star" and comm.servers:
-        words = servers.allreduce_job_words(count, code, op, chunk, arr.itemsize)
-
-        def served_job() -> np.ndarray:
-            servers.send_job(comm, words, timeout)
-            comm.execute(plan, arr, res, code, op, timeout)
-            return res
-        return served_job
-
-    if out is not None:
-        comm.register_fast(plan, arr.nbytes, code, op)
+    run = allreduce_runner(comm, arr.itemsize, arr.size, code, op, timeout)
+    if out is not None and not run.served:   # type: ignore[attr-defined]
+        comm.register_fast(run.plan, arr.nbytes, code, op)  # type: ignore[attr-defined]
 
     def job() -> np.ndarray:
-        comm.execute(plan, arr, res, code, op, timeout)
+        run(arr, res)
         return res
     return job
+
+
+def allreduce_runner(comm: Communicator, itemsize: int, count: int, code: int, op: int,
+                     timeout: float | None) -> Callable[[np.ndarray, np.ndarray], None]:
+    """``run(arr, res)``: the allreduce of ``count`` items of ``code`` for buffers the caller
+    validated (C-contiguous, that size and dtype, res writable). Selection and the plan are
+    fixed here, so a caller that reduces the same case again (the negotiated engine, every
+    training step) can keep ``run``, as long as ``comm.epoch`` has not changed (``run.plan``:
+    the plan; ``run.served``: it goes through dedicated servers)."""
+    # a job with dedicated servers uses them (star); else collx/topo's selection
+    algo = _choose(comm, "allreduce", "star" if comm.servers else None,
+                   itemsize=itemsize, count=count)
+    chunk = comm.chunk_count(itemsize)
+    if algo == "star" and comm.servers:
+        chunk = min(chunk, max(1, SERVER_CHUNK_BYTES // itemsize))
+    plan = comm.plan(("allreduce", count, algo), itemsize,
+                     lambda: _build(comm, "allreduce", algo, count=count, chunk_count=chunk,
+                                    servers=comm.servers))
+    execute = comm.execute
+    if algo == "star" and comm.servers:
+        words = servers.allreduce_job_words(count, code, op, chunk, itemsize)
+
+        def served(arr: np.ndarray, res: np.ndarray) -> None:
+            servers.send_job(comm, words, timeout)
+            execute(plan, arr, res, code, op, timeout)
+        served.plan, served.served = plan, True  # type: ignore[attr-defined]
+        return served
+
+    def run(arr: np.ndarray, res: np.ndarray) -> None:
+        execute(plan, arr, res, code, op, timeout)
+    run.plan, run.served = plan, False  # type: ignore[attr-defined]
+    return run
 
 
 # ---------------------------------------------------------------- broadcast ---------------

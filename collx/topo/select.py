@@ -426,6 +426,11 @@ class Selector:
         self._cache: dict[tuple, Decision] = {}
         self._lock = threading.Lock()
 
+    def forget(self) -> None:
+        """Drop every cached decision (the tune table changed)."""
+        with self._lock:
+            self._cache.clear()
+
     # ---- the cost model's view of the job
 
     def link_class(self, a: int, b: int) -> str:
