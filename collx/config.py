@@ -96,10 +96,11 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
          "for other ranks before rank 0 warns (logging and stderr), naming the tensors and "
          "the missing ranks; repeated every as many seconds; the handles fail with "
          "CollxTimeout after COLLX_TIMEOUT (or the call's timeout=)"),
-    Knob("COLLX_FREEZE_AFTER", int, 0, "negotiated engine: after this many identical periods "
+    Knob("COLLX_FREEZE_AFTER", int, 3, "negotiated engine: after this many identical periods "
          "(a training step's allreduces: same tensors, same groups; >= 2) run them in that "
          "frozen order without negotiation until something does not fit "
-         "(collx/runtime/frozen.py); 0 = never freeze"),
+         "(collx/runtime/frozen.py), like DDP fixing its buckets after the first steps; "
+         "0 = never freeze"),
     Knob("COLLX_TIMELINE", str, None, "negotiated engine: rank 0 writes a Chrome trace (JSON, "
          "opens in Perfetto / chrome://tracing) of every tensor's NEGOTIATE, QUEUE, FUSE, "
          "collective and UNFUSE phases to this path"),

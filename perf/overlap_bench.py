@@ -57,6 +57,10 @@ def run_rank(args: argparse.Namespace) -> dict:
         opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
         net = model
         done = hvd.shutdown
+    elif args.mode == "none":       # the same steps without communication: the compute floor
+        net = model
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        done = lambda: None  # noqa: E731
     else:
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -114,7 +118,7 @@ def drive(args: argparse.Namespace) -> int:
     port = 29500 + os.getpid() % 1000
     for np_ in [int(v) for v in args.np.split(",")]:
         for rnd in range(args.rounds):
-            for mode in ("collx", "ddp"):
+            for mode in args.modes.split(","):
                 port += 1
                 env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
                 trace = None
@@ -143,8 +147,14 @@ def drive(args: argparse.Namespace) -> int:
           "steps with a collective started before backward ended |")
     print("|---:|---:|---:|---:|---:|")
     for np_ in sorted({r["np"] for r in rows}):
-        c = statistics.median(r["step_ms"] for r in rows if r["np"] == np_ and r["mode"] == "collx")
-        d = statistics.median(r["step_ms"] for r in rows if r["np"] == np_ and r["mode"] == "ddp")
+        med = {m: statistics.median(r["step_ms"] for r in rows if r["np"] == np_ and r["mode"] == m)
+               for m in {r["mode"] for r in rows if r["np"] == np_}}
+        if "none" in med:
+            print(f"np {np_}: compute-only step {med['none']:.2f} ms; communication adds "
+                  + ", ".join(f"{m} {med[m] - med['none']:+.2f} ms" for m in med if m != "none"))
+        if "collx" not in med or "ddp" not in med:
+            continue
+        c, d = med["collx"], med["ddp"]
         ov = [r.get("overlap_share") for r in rows if r["np"] == np_ and r["mode"] == "collx"
               and r.get("overlap_share") is not None]
         print(f"| {np_} | {c:.2f} | {d:.2f} | {c / d:.2f} | "
@@ -163,7 +173,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="driver: interleaved rounds")
     ap.add_argument("--timeline", action="store_true", help="driver: measure overlap")
     ap.add_argument("--out", default=None, help="driver: append JSON rows to this file")
-    ap.add_argument("--mode", choices=("collx", "ddp"), default="collx")
+    ap.add_argument("--mode", choices=("collx", "ddp", "none"), default="collx")
+    ap.add_argument("--modes", default="collx,ddp",
+                    help="driver: modes to interleave (none: no communication, the floor)")
     ap.add_argument("--port", type=int, default=29511, help="ddp: rendezvous port")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)

@@ -1,5 +1,6 @@
 """Frozen order: after a training loop has repeated the same allreduces a few times, skip the
-negotiation and run them in the order and groups it settled on (COLLX_FREEZE_AFTER, 0 = off).
+negotiation and run them in the order and groups it settled on (COLLX_FREEZE_AFTER, default 3;
+0 = off).
 
 **When it freezes.** ``PeriodTracker.observe`` is fed every cycle's responses — identical
 data on every rank, so every rank freezes at the same cycle boundary. A *period* is the run

@@ -22,7 +22,7 @@ rule: collx/runtime/negotiation.py). Each cycle:
 4. rank 0 warns (logging and stderr) about requests waiting longer than
    COLLX_STALL_WARNING, naming tensors and missing ranks, and records the timeline.
 
-With COLLX_FREEZE_AFTER=N (N >= 2; 0, the default, never freezes), once N periods of a
+With COLLX_FREEZE_AFTER=N (default 3; 0 never freezes), once N periods of a
 training loop repeated the same allreduces, the worker stops cycling and runs them in the
 frozen order and groups (collx/runtime/frozen.py), until a rank meets something outside
 the schedule; then every rank returns to negotiation together.

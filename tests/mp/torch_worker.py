@@ -304,6 +304,30 @@ def training() -> None:
             err = float((flat(dist) - flat(ref)).abs().max())
             check(f"equals single-process (passes={passes}) step {step}", err <= TOL,
                   f"max |diff| {err} > {TOL}")
+    # a longer loop with no other collective in between: the engine freezes the order
+    # (COLLX_FREEZE_AFTER, default 3) and the frozen steps must stay exact
+    from collx import api as _api
+    eng = _api._engine
+    before = dict(getattr(eng, "stats", {}))
+    dist, ref = mlp(), mlp()
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(dist.parameters(), lr=0.1, momentum=0.9),
+                                   named_parameters=dist.named_parameters())
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    for step in range(10):
+        opt.zero_grad()
+        ref_opt.zero_grad()
+        x, y = batch(500 + step, n * B)
+        torch.nn.functional.mse_loss(dist(x[r * B:(r + 1) * B]), y[r * B:(r + 1) * B]).backward()
+        torch.nn.functional.mse_loss(ref(x), y).backward()
+        opt.step()
+        ref_opt.step()
+    after = getattr(eng, "stats", {})
+    if n > 1 and int(os.environ.get("COLLX_FREEZE_AFTER", "3")) > 0:
+        frozen = after.get("frozen_groups", 0) - before.get("frozen_groups", 0)
+        check("training loop runs frozen", frozen > 0, f"stats {after}")
+    same_everywhere("bitwise identical after frozen steps", flat(dist))
+    err = float((flat(dist) - flat(ref)).abs().max())
+    check("frozen steps equal single-process", err <= TOL, f"max |diff| {err} > {TOL}")
     covered.append("optimizer-equivalence")
     # synchronize() + clipping + skip_synchronize()
     dist, ref = mlp(), mlp()
