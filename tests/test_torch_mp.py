@@ -18,6 +18,7 @@
   (never a hang).
 * ``compression``: examples/train_torch.py trained with every compression mode reaches
   the same accuracy band as without compression.
+* the example as a script (a Horovod script but for its import) on 1, 2 and 4 ranks.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import json
 
 import pytest
 
-from mp.launch import assert_all_ok, clean_env, collxrun
+from mp.launch import REPO, assert_all_ok, clean_env, collxrun
 
 from torch_support import require_torch
 
@@ -81,3 +82,20 @@ def test_torch_compression_accuracy_band() -> None:
     for mode, res in results.items():
         assert res["test_accuracy"] >= 0.95, (mode, res)
         assert abs(res["test_accuracy"] - base) <= 0.02, (mode, res, base)
+
+
+@pytest.mark.parametrize("nranks", [1, 2, 4])
+def test_example_script_unchanged_but_the_import(nranks: int) -> None:
+    """examples/train_torch.py (examples/train_horovod.py with only the import changed, see
+    test_torch_api) runs as a script under collxrun on 1, 2 and 4 ranks and learns."""
+    script = str(REPO / "examples" / "train_torch.py")
+    job = collxrun(nranks, script, "--epochs", "2", "--train-size", "4096", "--test-size", "512",
+                   "--lr", "0.03", "--json", env=clean_env(COLLX_TIMEOUT="30"), timeout=120)
+    assert job.returncode == 0, job.report()
+    lines = [ln for ln in job.out.get(0, []) if ln.startswith("{")]
+    assert lines, job.report()
+    res = json.loads(lines[-1])
+    assert res["ranks"] == nranks and res["steps"] == 2 * (4096 // (32 * nranks)), res
+    assert res["test_accuracy"] >= 0.9, res
+    epochs = [ln for ln in job.out.get(0, []) if ln.startswith("epoch ")]
+    assert len(epochs) == 2 and f"ranks {nranks}" in epochs[-1], job.report()
