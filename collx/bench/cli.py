@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--check-rounds", type=int, default=1, metavar="R",
                    help="with --tune-check: time auto and the fastest forced algorithm R "
                         "times each, interleaved (auto first in even rounds, second in odd "
-                        "ones), and compare their medians (default 1)")
+                        "ones), and compare the best round of each (default 1)")
     p.add_argument("--algo", default=None, metavar="NAME|op:name,...",
                    help="force algorithms for this run (sets COLLX_ALGO): one name for every "
                         "op that has it, or op:name pairs; the 'algo' column shows what ran")
