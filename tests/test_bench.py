@@ -158,3 +158,18 @@ def test_tune_writes_a_table_selection_then_uses(tmp_path):
                           cwd=str(REPO), capture_output=True, text=True, timeout=90)
     assert res2.returncode == 0, res2.stderr[-3000:]
     assert "tuned: measured fastest at 64 KiB" in res2.stdout + res2.stderr, res2.stderr[-3000:]
+    # --check-only: no sweep, the same table checked again (every (op, size) of it, twice)
+    before = table.read_text()
+    out = tmp_path / "check.jsonl"
+    res3 = subprocess.run(cmd[:-7] + ["--tune", str(table), "--check-only", "--check-rounds", "2",
+                                      "--budget", "0.1", "-w", "1", "--json", "--out", str(out)],
+                          env=clean_env(), cwd=str(REPO), capture_output=True, text=True,
+                          timeout=180)
+    assert res3.returncode == 0, res3.stdout[-3000:] + res3.stderr[-3000:]
+    assert table.read_text() == before                  # not rewritten
+    recs = [_json.loads(x) for x in out.read_text().splitlines() if x.startswith("{")]
+    assert recs and all("tune_check" in r for r in recs)      # no sweep records
+    assert {(r["op"], r["bytes"], r["tune_check"], r["check_round"]) for r in recs} == {
+        (op, b, which, k) for op in ("allreduce", "broadcast") for b in (8, 65536)
+        for which in ("auto", "best-forced") for k in (0, 1)}
+    assert "same plan" in res3.stdout + res3.stderr

@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-check", action="store_true",
                    help="with --tune: then time auto selection (using the new table) and "
                         "report auto / fastest forced per op and size")
+    p.add_argument("--check-only", action="store_true",
+                   help="with --tune FILE: do not sweep; check the table already in FILE")
     p.add_argument("--check-rounds", type=int, default=1, metavar="R",
                    help="with --tune-check: time auto and the fastest forced algorithm R "
                         "times each, interleaved (auto first in even rounds, second in odd "
@@ -262,11 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(a)
     if not 0 <= a.root < bench.n:
         parser.error(f"-r/--root {a.root} is not a rank (0..{bench.n - 1})")
+    if a.check_only and not a.tune:
+        parser.error("--check-only needs --tune FILE (the table to check)")
     if a.tune is not None or a.tune_check:
         from . import tune
         from .. import config
         path = a.tune or config.get("COLLX_TUNE_FILE") or "collx-tune.json"
-        return tune.tune(bench, ops, sizes, path, a.tune_check, max(1, a.check_rounds))
+        return tune.tune(bench, ops, sizes, path, a.tune_check or a.check_only,
+                         max(1, a.check_rounds), check_only=a.check_only)
     return bench.run(ops, sizes)
 
 

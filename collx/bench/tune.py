@@ -47,17 +47,33 @@ def _set_forced(comm: Any, text: str | None) -> None:
     comm.set_spec(text)
 
 
+def _read_table(path: str, n: int) -> tuple[list[dict], dict[tuple[str, int], tuple[float, str]]]:
+    """The entries of an earlier tune table for ``n`` ranks, and the fastest per (op, size)."""
+    with open(path) as f:
+        entries = [e for e in json.load(f)["entries"] if e.get("np") == n]
+    best: dict[tuple[str, int], tuple[float, str]] = {}
+    for e in entries:
+        key = (e["op"], int(e["nbytes"]))
+        if key not in best or e["us"] < best[key][0]:
+            best[key] = (e["us"], e["algo"])
+    return entries, best
+
+
 def tune(bench: Any, ops: list[str], sizes: list[int], path: str, check: bool,
-         rounds: int = 1) -> int:
+         rounds: int = 1, check_only: bool = False) -> int:
     """Run steps 1-3 (module docstring) on ``bench`` (a collx.bench.cli.Bench); returns the
-    exit code (1 when any result was wrong)."""
+    exit code (1 when any result was wrong). ``check_only``: skip steps 1-2 and check the
+    table already in ``path`` (every rank reads it)."""
     comm, n = bench.comm, bench.n
     hosts = comm.topology.hosts_count if comm.topology is not None else 1
     saved = comm.spec
     entries: list[dict] = []
     best: dict[tuple[str, int], tuple[float, str]] = {}
     wrong = 0
-    for op in [o for o in ops if o in TUNABLE]:
+    if check_only:
+        entries, best = _read_table(path, n)
+        bench.say(f"# tune check of {path}: {len(entries)} entries for np {n}")
+    for op in [o for o in ops if o in TUNABLE and not check_only]:
         for algo in candidates(op, n, comm.servers):
             _set_forced(comm, f"{op}:{algo}")
             bench.say(f"# tune: {op} forced {algo}")
@@ -73,7 +89,7 @@ def tune(bench: Any, ops: list[str], sizes: list[int], path: str, check: bool,
                 if key not in best or row.oop.us < best[key][0]:
                     best[key] = (row.oop.us, algo)
     _set_forced(comm, saved.text if saved else None)
-    if bench.rank == 0:
+    if bench.rank == 0 and not check_only:
         with open(path, "w") as f:
             json.dump({"version": 1, "entries": entries}, f, indent=1)
             f.write("\n")
