@@ -168,7 +168,7 @@ def prepare_allreduce(comm: Communicator, x: Any, op: int, out: Any, timeout: fl
     code = reduce_code(arr, name)
     res = check_out(out, name, arr.shape, arr.dtype)
     run = allreduce_runner(comm, arr.itemsize, arr.size, code, op, timeout)
-    if out is not None and not run.served:   # type: ignore[attr-defined]
+    if not run.served:   # type: ignore[attr-defined]
         comm.register_fast(run.plan, arr.nbytes, code, op)  # type: ignore[attr-defined]
 
     def job() -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Repeated allreduce calls with out= take the C fast path after the first validated call:
+"""Repeated allreduce calls (with out=, or without: a new result each time) take the C fast
+path after the first validated call:
 results must stay exact on every rank, and anything the first call did not validate (other
 shapes, dtypes, ops, overlapping or read-only outputs, non-contiguous inputs) must still
 get the Python path's InvalidUsage — before anything is sent."""
@@ -25,6 +26,20 @@ for dtype in (np.float32, np.float64, np.int32, np.int8, np.float16):
             collx.allreduce(y, op=collx.Max, out=y)                 # in place
             if not np.array_equal(y, np.maximum.reduce([((np.arange(count) + it + q) % 7).astype(dtype) for q in range(n)])):
                 fails.append(f"max in place {np.dtype(dtype).name} {count} it {it}")
+# without out=: each call a new result array, exact, through the fast path once validated
+for it in range(30):
+    x = np.full(33, r + it, np.int64)
+    got = collx.allreduce(x, op=collx.Sum)
+    prev = got if it == 0 else prev
+    if got is x or not np.array_equal(got, np.full(33, sum(q + it for q in range(n)))):
+        fails.append(f"no out= it {it}")
+    if it and (got is prev or np.shares_memory(got, prev)):
+        fails.append("no out=: a result array was reused")
+    prev = got
+for shape in ((4, 8), (32,)):                  # same bytes, other shapes: results keep x's shape
+    got = collx.allreduce(np.ones(shape, np.float32), op=collx.Sum)
+    if got.shape != shape or not np.array_equal(got, np.full(shape, float(n), np.float32)):
+        fails.append(f"no out= shape {shape}: {got.shape}")
 x = np.ones(8, np.float32)
 out = np.empty(8, np.float32)
 collx.allreduce(x, op=collx.Sum, out=out)                          # validated once
