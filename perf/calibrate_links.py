@@ -17,6 +17,14 @@ beta from the sizes >= 1 MiB (bisection: the beta at which the model, contention
 gives the measured time; geometric mean over sizes), with gamma fixed beforehand. The JSON
 keeps the measured and the refitted model times per size (``_points_us``, ``_model_us``).
 
+Rendezvous (``--rdv``, shm only): the shm transport copies messages up to
+COLLX_SHM_EAGER_BYTES (16 KiB) through its queue and pulls larger ones with
+process_vm_readv after a handshake. Its extra latency ``rdv_s`` is measured, not fitted:
+the same ring at two sizes whose per-step messages are E and E + 4 bytes (E the eager
+size: N = p E and p (E + 4)), so the bytes are equal to 0.03% and only the protocol differs;
+rdv = (t(N') - t(N)) / the ring's 2 (p - 1) message rounds (best of the rounds for each).
+beta is then fitted with rdv in the model.
+
 gamma (seconds per reduced byte) comes from collx._C's reduce kernel, float32 sum, on 256 KiB
 arrays (the engine reduces what it pulls block by block through a cache-resident bounce
 buffer; see perf/bench_reduce.py) — the best of a few batches.
@@ -99,47 +107,65 @@ def bench_ring(transport: str | None, sizes, timeout: float, ranks: int = 2) -> 
 
 
 def _model(nbytes: int, alpha: float, beta: float, gamma: float, chunk_bytes: int,
-           ranks: int = 2) -> float:
+           ranks: int = 2, rdv: float = 0.0) -> float:
     """The cost model's time (contention included: all ranks on one host) of the ``ranks``-rank
     ring allreduce of ``nbytes`` float32, chunked like the runtime."""
     from collx.algos.costmodel import LinkParams, predict
     from collx.algos.ring import ring_allreduce
     s = ring_allreduce(ranks, max(1, nbytes // 4), max(1, chunk_bytes // 4))
-    return predict(s, 4, lambda a, b: "x", {"x": LinkParams(alpha, beta, gamma)},
+    return predict(s, 4, lambda a, b: "x", {"x": LinkParams(alpha, beta, gamma, rdv_s=rdv)},
                    hosts=[0] * ranks)
 
 
 def _solve_beta(n: int, t: float, alpha: float, gamma: float, chunk_bytes: int,
-                ranks: int = 2) -> float:
+                ranks: int = 2, rdv: float = 0.0) -> float:
     """beta with model(n; alpha, beta, gamma) = t (the model falls as beta grows), by
     bisection on log(beta); gamma is dropped when it alone explains t."""
-    if _model(n, alpha, 1e18, gamma, chunk_bytes, ranks) >= t:
+    if _model(n, alpha, 1e18, gamma, chunk_bytes, ranks, rdv) >= t:
         gamma = 0.0
     lo, hi = 1e3, 1e15
     for _ in range(100):
         mid = (lo * hi) ** 0.5
-        if _model(n, alpha, mid, gamma, chunk_bytes, ranks) > t:
+        if _model(n, alpha, mid, gamma, chunk_bytes, ranks, rdv) > t:
             lo = mid
         else:
             hi = mid
     return (lo * hi) ** 0.5
 
 
-def fit(recs: list[dict], gamma: float, chunk_bytes: int = 1 << 20, ranks: int = 2) -> dict:
+def rdv_sizes(ranks: int, eager: int = 16384) -> tuple[int, int]:
+    """Ring allreduce sizes whose per-step messages are ``eager`` and ``eager + 4`` bytes."""
+    return ranks * eager, ranks * (eager + 4)
+
+
+def measure_rdv(recs: list[dict], ranks: int, eager: int = 16384) -> float:
+    """Extra latency of a message just above the eager size (module docstring), >= 0."""
+    lo, hi = rdv_sizes(ranks, eager)
+    t = {int(r["bytes"]): float(r["us"]) * 1e-6 for r in recs}
+    return max(0.0, (t[hi] - t[lo]) / (2 * (ranks - 1)))
+
+
+def fit(recs: list[dict], gamma: float, chunk_bytes: int = 1 << 20, ranks: int = 2,
+        rdv: float = 0.0, skip: tuple[int, ...] = ()) -> dict:
     """alpha and beta such that the cost model reproduces the measured 2-rank ring:
     alpha = t(smallest) / the model's time with alpha 1 and no byte cost (its rounds);
     beta = the geometric mean over sizes >= 1 MiB of the beta that makes the model's time
-    equal the measured one."""
-    pts = sorted((int(r["bytes"]), float(r["us"]) * 1e-6) for r in recs)
+    (with the rendezvous latency ``rdv`` for messages above 16 KiB) equal the measured one.
+    ``skip``: sizes measured for other purposes (the rendezvous pair)."""
+    pts = sorted((int(r["bytes"]), float(r["us"]) * 1e-6) for r in recs
+                 if int(r["bytes"]) not in skip)
     n0, t0 = pts[0]
     alpha = t0 / max(_model(n0, 1.0, 0.0, 0.0, chunk_bytes, ranks), 1e-30)
     big = [(n, t) for n, t in pts if n >= (1 << 20)] or pts[-1:]
-    betas = [_solve_beta(n, t, alpha, gamma, chunk_bytes, ranks) for n, t in big]
+    betas = [_solve_beta(n, t, alpha, gamma, chunk_bytes, ranks, rdv) for n, t in big]
     beta = float(np.exp(np.mean(np.log(betas))))
-    return {"alpha_s": alpha, "beta_Bps": beta, "gamma_s_per_B": gamma,
-            "_points_us": {str(n): round(t * 1e6, 3) for n, t in pts},
-            "_model_us": {str(n): round(_model(n, alpha, beta, gamma, chunk_bytes, ranks) * 1e6, 3)
-                          for n, _ in pts}}
+    out = {"alpha_s": alpha, "beta_Bps": beta, "gamma_s_per_B": gamma,
+           "_points_us": {str(n): round(t * 1e6, 3) for n, t in pts},
+           "_model_us": {str(n): round(_model(n, alpha, beta, gamma, chunk_bytes, ranks, rdv)
+                                       * 1e6, 3) for n, _ in pts}}
+    if rdv > 0:
+        out["rdv_s"] = rdv
+    return out
 
 
 def parse_given(spec: str, gamma: float) -> tuple[str, dict]:
@@ -179,6 +205,8 @@ def main(argv=None) -> int:
     ap.add_argument("--np", type=int, default=2, dest="ranks",
                     help="ranks of the calibration ring (default 2); with more ranks than "
                          "cores alpha and beta include the cost of sharing them")
+    ap.add_argument("--rdv", action="store_true",
+                    help="shm: also measure the rendezvous latency of messages above 16 KiB")
     ap.add_argument("-o", "--out", default=None, help="write the JSON here (default stdout)")
     a = ap.parse_args(argv)
     from collx.bench.measure import parse_sizes
@@ -191,15 +219,23 @@ def main(argv=None) -> int:
             raise SystemExit(f"unknown class {cls!r}: measurable are shm, tcp (use --inter "
                              "for given values)")
         best: dict[int, dict] = {}
+        extra = rdv_sizes(a.ranks) if a.rdv and cls == "shm" else ()
         for _ in range(a.rounds):       # the machine is shared: per size, the best round
-            for r in bench_ring("tcp" if cls == "tcp" else None, sizes, a.timeout, a.ranks):
+            for r in bench_ring("tcp" if cls == "tcp" else None, list(sizes) + list(extra),
+                                a.timeout, a.ranks):
                 if r["bytes"] not in best or r["us"] < best[r["bytes"]]["us"]:
                     best[r["bytes"]] = r
         recs = list(best.values())
         if cls == "shm" and recs[0].get("transport") not in ("shm", None):
             print(f"# note: the default transport here is {recs[0].get('transport')}",
                   file=sys.stderr)
-        result[cls] = fit(recs, gamma, ranks=a.ranks)
+        rdv = measure_rdv(recs, a.ranks) if extra else 0.0
+        result[cls] = fit(recs, gamma, ranks=a.ranks, rdv=rdv, skip=extra)
+        if extra:
+            lo, hi = extra
+            result[cls]["_rdv_from"] = (f"ring np {a.ranks} at {lo} B and {hi} B (per-step "
+                                        f"messages 16384 and 16388 B): "
+                                        f"{best[lo]['us']:.3f} and {best[hi]['us']:.3f} us")
     for spec in a.inter:
         name, params = parse_given(spec, gamma)
         result[name] = params
@@ -218,6 +254,7 @@ def main(argv=None) -> int:
         if not cls.startswith("_"):
             print(f"# {cls:6} alpha {p['alpha_s'] * 1e6:8.2f} us  beta {p['beta_Bps'] / 1e9:7.3f} "
                   f"GB/s  gamma {p['gamma_s_per_B'] * 1e12:7.1f} ps/B"
+                  f"  rdv {p.get('rdv_s', 0.0) * 1e6:.2f} us"
                   + ("  (given)" if p.get("given") else ""), file=sys.stderr)
     return 0
 

@@ -226,3 +226,24 @@ def test_per_message_overhead_counts_messages():
     rd = predict(rd_allreduce(8, 2), 4, ONE, p, hosts=hosts)
     star = predict(star_allreduce(8, 2), 4, ONE, p, hosts=hosts)
     assert rd < star
+
+
+def test_rendezvous_latency_only_above_the_eager_size():
+    """rdv_s: a message above eager_bytes pays that much more latency (the shm transport
+    pulls it after a handshake); at or below it, nothing changes."""
+    plain = {"link": LinkParams(alpha_s=1e-6, beta_Bps=1e10)}
+    rdv = {"link": LinkParams(alpha_s=1e-6, beta_Bps=1e10, rdv_s=5e-6, eager_bytes=16384)}
+    at = ring_allreduce(2, 2 * 4096)          # per-step messages of exactly 16384 B
+    above = ring_allreduce(2, 2 * 4097)       # 16388 B: two rounds above the eager size
+    assert predict(at, 4, ONE, rdv) == pytest.approx(predict(at, 4, ONE, plain))
+    extra = predict(above, 4, ONE, rdv) - predict(above, 4, ONE, plain)
+    assert extra == pytest.approx(2 * 5e-6, rel=1e-6)        # one per dependent round
+    hosts = [0, 0]                           # the receiver term pays it per message too
+    assert predict(above, 4, ONE, rdv, hosts=hosts) > predict(above, 4, ONE, plain, hosts=hosts)
+
+
+def test_load_params_reads_the_rendezvous_fields():
+    from collx.algos.costmodel import load_params
+    p = load_params({"shm": {"alpha_s": 1e-6, "beta_Bps": 1e10, "rdv_s": 3e-6,
+                             "eager_bytes": 8192}, "_meta": {}})["shm"]
+    assert p.rdv_s == 3e-6 and p.eager_bytes == 8192 and p.rdv(8192) == 0 and p.rdv(8193) == 3e-6

@@ -11,7 +11,11 @@ per-class weights: a step starts when its deps are complete and the previous mes
 direction was posted; a matched pair completes at max(send start + alpha, receive start) +
 bytes / beta (+ gamma x bytes for a RECV_REDUCE): the latency is paid from the moment the
 sender posts, overlapping whatever the receiver still does (a star owner's chained reduces of
-messages that all left at once pay one latency, not one each); local COPYs cost nothing. On its own this models
+messages that all left at once pay one latency, not one each); local COPYs cost nothing.
+A message above the class's ``eager_bytes`` adds ``rdv_s`` to its latency (rendezvous: the
+shm transport copies small messages through its queue but pulls larger ones with
+process_vm_readv after a handshake; perf/calibrate_links.py --rdv measures it; 0 by
+default, and the init probe does not measure it yet). On its own this models
 latency, bandwidth and reduction cost along dependency chains, not contention: two messages
 that share a NIC at the same moment are not slowed down.
 
@@ -82,13 +86,22 @@ class LinkParams:
     # receiver CPU per message (LogGP's o); < 0: the same as alpha — on the links measured
     # here (shm, and tcp through veth) the latency is almost all software on both ends
     overhead_s: float = -1.0
+    # rendezvous: a message above ``eager_bytes`` pays ``rdv_s`` more latency (the shm
+    # transport copies small messages through its queue but pulls larger ones with
+    # process_vm_readv after a handshake and a completion notice); 0 = one latency for all
+    rdv_s: float = 0.0
+    eager_bytes: int = 16384
 
     @property
     def overhead(self) -> float:
         return self.alpha_s if self.overhead_s < 0 else self.overhead_s
 
     def msg_time(self, nbytes: int) -> float:
-        return self.alpha_s + (nbytes / self.beta_Bps if self.beta_Bps > 0 else 0.0)
+        return self.alpha_s + self.rdv(nbytes) + (nbytes / self.beta_Bps if self.beta_Bps > 0
+                                                  else 0.0)
+
+    def rdv(self, nbytes: int) -> float:
+        return self.rdv_s if nbytes > self.eager_bytes else 0.0
 
     def byte_time(self, nbytes: int) -> float:
         return nbytes / self.beta_Bps if self.beta_Bps > 0 else 0.0
@@ -214,7 +227,7 @@ def bottlenecks(schedule: Schedule, itemsize: int, link_class: LinkClass,
                     mem[hr] = mem.get(hr, 0.0) + nbytes / p.shared_Bps
             else:
                 p = link(st.peer, r)
-                busy[r] += p.overhead + p.byte_time(nbytes)
+                busy[r] += p.overhead + p.rdv(nbytes) + p.byte_time(nbytes)
                 if k == Kind.RECV_REDUCE:
                     busy[r] += p.gamma_s_per_B * nbytes
     terms: dict[str, float] = {}
@@ -302,7 +315,8 @@ def load_params(source: Union[str, Mapping[str, Any]]) -> dict[str, LinkParams]:
         out[name] = LinkParams(float(v["alpha_s"]), float(v["beta_Bps"]),
                                float(v.get("gamma_s_per_B", 0.0)),
                                float(v.get("shared_Bps", 0.0)),
-                               float(v.get("overhead_s", -1.0)))
+                               float(v.get("overhead_s", -1.0)),
+                               float(v.get("rdv_s", 0.0)), int(v.get("eager_bytes", 16384)))
     return out
 
 
