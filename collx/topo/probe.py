@@ -130,7 +130,8 @@ class ProbeResult:
                 "gamma_s_per_B": self.gamma_s_per_B,
                 "links": {c: {"alpha_s": p.alpha_s, "beta_Bps": p.beta_Bps,
                               "gamma_s_per_B": p.gamma_s_per_B, "shared_Bps": p.shared_Bps,
-                              "overhead_s": p.overhead_s}
+                              "overhead_s": p.overhead_s, "rdv_s": p.rdv_s,
+                              "eager_bytes": p.eager_bytes}
                           for c, p in self.links.items()},
                 "raw": self.raw}
 
