@@ -41,6 +41,7 @@ fail); ``raw`` holds exactly the measured classes.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -337,8 +338,7 @@ def _decode(rec: np.ndarray, cls: str, pair: tuple[int, int]) -> dict[str, Any]:
 
 
 def _links(raw: dict[str, dict[str, Any]], gamma: float) -> dict[str, LinkParams]:
-    links = {c: LinkParams(p.alpha_s, p.beta_Bps, gamma, p.shared_Bps, p.overhead_s)
-             for c, p in default_links().items()}
+    links = {c: dataclasses.replace(p, gamma_s_per_B=gamma) for c, p in default_links().items()}
     for c, r in raw.items():
         links[c] = LinkParams(r["alpha_s"], r["beta_Bps"], gamma)
     return links
