@@ -497,10 +497,7 @@ class NegotiatedEngine:
         self._leave_at = now + max(0.0, self._shutdown_wait)
         stale = list(self._local.values())
         self._cancels.extend(map(_NAME, stale))
-        self._forget(stale)
-        for req in batch:
-            self._local.pop(req.name, None)
-        self._forget(batch)
+        self._forget(stale + batch)              # batch: taken from the queue, not in _local
         for req in stale + batch:
             req._finish(None, CollxTimeout(
                 f"collx.{req.kind}: tensor {req.name!r} was still not ready on every rank "
@@ -510,25 +507,26 @@ class NegotiatedEngine:
         """Fail this rank's requests that a rank in shutdown() would have to join (it never
         will): at once, naming it, instead of at the request's deadline."""
         gone = set(leaving)
-        doomed = []
+        doomed = []                              # (request, the leaving ranks of its set)
         for req in self._local.values():
-            members = self._members(req.psid)
-            if members is not None and gone.intersection(members):
-                doomed.append(req)
+            who = sorted(gone.intersection(self._members(req.psid) or ()))
+            if who:
+                doomed.append((req, who))
         if doomed:
-            self._cancels.extend(map(_NAME, doomed))
-            self._forget(doomed)
-            for req in doomed:
-                who = sorted(gone.intersection(self._members(req.psid) or ()))
+            reqs = [req for req, _ in doomed]
+            self._cancels.extend(map(_NAME, reqs))
+            self._forget(reqs)
+            for req, who in doomed:
                 req._finish(None, TransportError(
                     f"collx.{req.kind}: tensor {req.name!r} can never run: rank(s) {who} "
                     f"called collx.shutdown() without submitting it; every rank of the "
                     f"process set must submit the same tensors before leaving"))
+        if self._shutdown_sent:
+            return
         with self._cv:
-            join = self._join_handle
-            if join is not None and not self._shutdown_sent:
-                self._join_handle, self._joined = None, False
-        if join is not None and not self._shutdown_sent and not join.done():
+            join, self._join_handle = self._join_handle, None
+            self._joined = False
+        if join is not None and not join.done():
             join._finish(None, TransportError(
                 f"collx.join: rank(s) {sorted(gone)} called collx.shutdown() instead of "
                 f"collx.join(); every rank must join before any rank leaves"))

@@ -5,9 +5,10 @@ cycle every COLLX_CYCLE_TIME ms (at once after a local submit) on every rank of 
 
 1. **Row allgather** (always; one collective, plan key ``("negotiate-rows", words)``): each
    rank contributes ``HEADER + W`` int64 words — flags (NEW: it has a payload; SHUTDOWN: it
-   is in collx.shutdown(); JOINED; LEFT: it leaves now), its payload length, the number of response-cache slots in use, then one bit per
-   cache slot: "I have a pending request matching this cached entry". With C cached slots
-   W = ceil(C/64): 32 bytes for an empty cache, 152 bytes for 1024 entries.
+   is in collx.shutdown(); JOINED; LEFT: it leaves now), its payload length, the number of
+   response-cache slots in use, then one bit per cache slot: "I have a pending request
+   matching this cached entry". With C cached slots W = ceil(C/64): 32 bytes for an empty
+   cache, 152 bytes for 1024 entries.
 2. **Payload allgather** (only in cycles where some rank has NEW): each rank's JSON payload
    ``{"n": [keys of requests the cache does not know], "c": [names it cancels]}``, padded
    to one power of two >= 256 bytes for all ranks (plan key ``("negotiate-payload", L)``).

@@ -341,17 +341,21 @@ def mode_leave(ck: worker.Checker) -> None:
     ck.finish()
 
 
+def leave_early(cx, ck: worker.Checker) -> None:
+    """Shut down now and print how long shutdown() waited for the others (WAITED s)."""
+    t0 = time.monotonic()
+    cx.shutdown()
+    worker.say(f"WAITED {time.monotonic() - t0:.3f}")
+    ck.finish()
+
+
 def mode_leave_sets(ck: worker.Checker) -> None:
     cx = start()
     r = cx.rank()
     ps = cx.add_process_set([0, 1])
     cx.allreduce(np.ones(2), name="warm")
     if r >= 2:
-        t0 = time.monotonic()
-        cx.shutdown()
-        worker.say(f"WAITED {time.monotonic() - t0:.3f}")
-        ck.finish()
-        return
+        return leave_early(cx, ck)
     time.sleep(1.0)                          # ranks 2 and 3 are in shutdown() by now
     for k in range(5):
         got = cx.allreduce(np.full(3, r + k, np.int64), op=cx.Sum, name=f"ps.{k}", process_set=ps)
@@ -372,12 +376,8 @@ def mode_left(ck: worker.Checker) -> None:
     cx = start()
     r = cx.rank()
     cx.allreduce(np.ones(2), name="warm")
-    if r == 1:
-        t0 = time.monotonic()
-        cx.shutdown()                        # waits COLLX_TIMEOUT (3 s) for rank 0, then leaves
-        worker.say(f"WAITED {time.monotonic() - t0:.3f}")
-        ck.finish()
-        return
+    if r == 1:                               # waits COLLX_TIMEOUT (3 s) for rank 0, then leaves
+        return leave_early(cx, ck)
     time.sleep(6.0)
     expect(ck, "after the peer left", lambda: cx.allreduce(np.ones(2), name="late"),
            cx.TransportError, "[1]", "left")
