@@ -9,6 +9,13 @@ the per-algorithm tables in perf/RESULTS.md (perf/algo_table.py adds the cost mo
 One launch per (op, algorithm): ``collxrun -np N`` on this host, or
 ``python -m collx.runner.netns`` on network-namespace hosts. Each launch appends
 ``collx-bench --json`` lines to OUT/<cluster>-<op>-<algo>.jsonl (rank 0 writes them).
+
+``--interleave R``: one launch per op instead, ``collx-bench --tune --sweep-rounds R``: R
+rounds, in each every size timed with every algorithm back to back (order rotated per
+round), lines to OUT/<cluster>-<op>-interleaved.jsonl (each with ``sweep_round``; the
+launch's tune table beside it). Use it on a shared or oversubscribed machine, where the
+one-algorithm-after-another sweep lets minutes of drift decide the ranking; perf/algo_table.py
+``--stat best`` then takes each algorithm's best round.
 Algorithms come from collx.algos.registry, minus the ones that cannot run the shape (pair
 needs 2 ranks, star with servers only where the cluster has server hosts). Everything in
 one invocation is one "run" in the sense of RESULTS.md: compare ratios within it.
@@ -52,8 +59,14 @@ def algos_for(op: str, n: int, servers: int, wanted: list[str] | None) -> list[s
     return out
 
 
-def launch(args: argparse.Namespace, op: str, algo: str, out: Path) -> int:
-    bench = [sys.executable, "-m", "collx.bench", op, "--algo", f"{op}:{algo}", "--sizes",
+def launch(args: argparse.Namespace, op: str, algo: str | list[str], out: Path) -> int:
+    """One job: ``algo`` forced, or (a list) the interleaved tune sweep of those names."""
+    if isinstance(algo, list):
+        how = ["--tune", str(out.with_suffix(".tune.json")), "--sweep-rounds",
+               str(args.interleave), "--candidates", ",".join(algo)]
+    else:
+        how = ["--algo", f"{op}:{algo}"]
+    bench = [sys.executable, "-m", "collx.bench", op, *how, "--sizes",
              args.sizes, "--json", "--out", str(out), "--budget", str(args.budget),
              "--no-inplace", "-w", str(args.warmup)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -89,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--append", action="store_true",
                    help="add to existing result files (another round: perf/algo_table.py takes "
                         "the median of all records of a point)")
+    p.add_argument("--interleave", type=int, default=0, metavar="R",
+                   help="one launch per op: R interleaved rounds of all its algorithms "
+                        "(collx-bench --tune --sweep-rounds R)")
     p.add_argument("--out", default=None, help="directory (default perf/results/<date>/algos)")
     args = p.parse_args(argv)
     if args.netns:
@@ -101,6 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     wanted = args.algos.split(",") if args.algos else None
     failures = 0
     for op in args.ops.split(","):
+        if args.interleave:
+            names = algos_for(op, n, servers, wanted)
+            out = out_dir / f"{tag}-{op}-interleaved.jsonl"
+            if not args.append:
+                out.unlink(missing_ok=True)
+            t0 = time.monotonic()
+            rc = launch(args, op, names, out)
+            failures += rc != 0
+            print(f"{tag} {op:13s} {','.join(names)} x{args.interleave} rc={rc} "
+                  f"{time.monotonic() - t0:6.1f} s -> {out}", flush=True)
+            continue
         for algo in algos_for(op, n, servers, wanted):
             out = out_dir / f"{tag}-{op}-{algo}.jsonl"
             if not args.append:

@@ -20,7 +20,10 @@ runtime's COLLX_CHUNK_BYTES default; groups and servers from the cluster) and pr
 ``collx.algos.costmodel.predict`` including contention (hosts, optional --cores per host).
 Link classes come from the ``--links`` JSON (perf/calibrate_links.py): messages inside a host
 use --intra (default: the record's transport, shm or tcp), across hosts --inter.
-Several records of one (point, algorithm) (repeated runs) are reduced to their median.
+Several records of one (point, algorithm) (repeated runs) are reduced to their median, or
+with ``--stat best`` to their minimum (the interleaved rounds of ``algo_sweep.py
+--interleave``: interference on a shared machine only adds time, so each algorithm's least
+disturbed round is the estimate; every record is itself a median over batches).
 
 Output: paste-ready markdown, one table per (cluster, op, np) — measured time (busbw) and
 the prediction per algorithm, the measured fastest, the model's pick (the first of equal
@@ -174,6 +177,9 @@ def main(argv=None) -> int:
                          "within this fraction of the fastest are tied and the tie goes to "
                          "the registry default, then ring, then binomial (select.TIE = 0.02); "
                          "default 0: the strict minimum, exact ties all count")
+    ap.add_argument("--stat", choices=("median", "best"), default="median",
+                    help="reduce repeated records of a (point, algorithm): median (default) "
+                         "or best (minimum; for interleaved rounds)")
     ap.add_argument("--near", type=float, default=0.10,
                     help="also report how often the pick's measured time is within this "
                          "fraction of the fastest (default 0.10)")
@@ -206,15 +212,17 @@ def main(argv=None) -> int:
                    + (f" / {inter}" if len(set(hosts)) > 1 else "")
                    + (f", {a.cores} cores per host" if a.cores else "") + ")")
         out.append("")
-        out.append("measured median (busbw GB/s) · *predicted*; **bold** = measured fastest")
+        out.append(("measured best of the rounds" if a.stat == "best" else "measured median")
+                   + " (busbw GB/s) · *predicted*; **bold** = measured fastest")
         out.append("")
         out.append("| bytes | " + " | ".join(algos) + " | fastest | model's pick | |")
         out.append("|---:|" + "---|" * len(algos) + "---|---|---|")
         for nbytes in sorted(by_size):
             per = by_size[nbytes]
-            meas = {al: statistics.median(r["us"] for r in recs) for al, recs in per.items()}
-            bw = {al: statistics.median(r.get("busbw_GBps", 0.0) for r in recs)
-                  for al, recs in per.items()}
+            reduce_ = min if a.stat == "best" else statistics.median
+            meas = {al: reduce_(r["us"] for r in recs) for al, recs in per.items()}
+            bw = {al: (max if a.stat == "best" else statistics.median)(
+                      r.get("busbw_GBps", 0.0) for r in recs) for al, recs in per.items()}
             pred: dict[str, float] = {}
             same: dict[int, list[str]] = {}
             for al in per:

@@ -173,3 +173,36 @@ def test_tune_writes_a_table_selection_then_uses(tmp_path):
         (op, b, which, k) for op in ("allreduce", "broadcast") for b in (8, 65536)
         for which in ("auto", "best-forced") for k in (0, 1)}
     assert "same plan" in res3.stdout + res3.stderr
+
+
+@pytest.mark.timeout(200)
+def test_tune_interleaved_sweep_rounds_keep_the_best_round(tmp_path):
+    """--tune --sweep-rounds 3 --candidates: in each round every size is timed with every
+    candidate back to back, the order rotated per round; the table holds per (op, size,
+    algo) the best of the 3 records, and nothing outside --candidates is swept."""
+    import json as _json
+    table, out = tmp_path / "tune.json", tmp_path / "sweep.jsonl"
+    cmd = [sys.executable, "-m", "collx.runner", "-np", "2", "--no-prefix", "--timeout", "150",
+           sys.executable, "-m", "collx.bench", "allreduce", "--sizes", "8,4K",
+           "--tune", str(table), "--sweep-rounds", "3", "--candidates", "ring,tree,hd",
+           "--budget", "0.05", "-w", "1", "--no-inplace", "--json", "--out", str(out)]
+    res = subprocess.run(cmd, env=clean_env(), cwd=str(REPO), capture_output=True, text=True,
+                         timeout=180)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    recs = [_json.loads(x) for x in out.read_text().splitlines() if x.startswith("{")]
+    assert [(r["sweep_round"], r["bytes"], r["algo"]) for r in recs] == [
+        (k, b, a) for k in range(3) for b in (8, 4096)
+        for a in (["hd", "ring", "tree"] * 2)[k:k + 3]]
+    assert all(r["wrong"] == 0 for r in recs)
+    entries = _json.loads(table.read_text())["entries"]
+    assert len(entries) == 6
+    for e in entries:
+        mine = [r["us"] for r in recs if r["bytes"] == e["nbytes"] and r["algo"] == e["algo"]]
+        assert len(mine) == 3 and e["us"] == pytest.approx(min(mine), abs=1e-3)
+
+
+def test_sweep_rounds_need_tune():
+    res = subprocess.run([sys.executable, "-m", "collx.bench", "allreduce", "--sweep-rounds",
+                          "2"], env=clean_env(), cwd=str(REPO), capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2 and "--sweep-rounds and --candidates go with --tune" in res.stderr

@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --tune-check: time auto and the fastest forced algorithm R "
                         "times each, interleaved (auto first in even rounds, second in odd "
                         "ones), and compare the best round of each (default 1)")
+    p.add_argument("--sweep-rounds", type=int, default=1, metavar="R",
+                   help="with --tune: R interleaved rounds, each timing every size with every "
+                        "algorithm back to back (order rotated per round); the table keeps "
+                        "each algorithm's best round (default 1: one algorithm after another)")
+    p.add_argument("--candidates", default=None, metavar="a,b,...",
+                   help="with --tune: sweep only these algorithm names")
     p.add_argument("--algo", default=None, metavar="NAME|op:name,...",
                    help="force algorithms for this run (sets COLLX_ALGO): one name for every "
                         "op that has it, or op:name pairs; the 'algo' column shows what ran")
@@ -259,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if a.iters is not None and a.iters < 1 or a.warmup_iters < 0:
         parser.error("-n must be >= 1 and -w >= 0")
+    if (a.sweep_rounds != 1 or a.candidates) and a.tune is None:
+        parser.error("--sweep-rounds and --candidates go with --tune (the sweep they shape)")
+    if a.sweep_rounds < 1:
+        parser.error("--sweep-rounds must be >= 1")
     if a.algo is not None:
         os.environ["COLLX_ALGO"] = a.algo     # read once, by collx.init() in Bench
     bench = Bench(a)
@@ -270,8 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import tune
         from .. import config
         path = a.tune or config.get("COLLX_TUNE_FILE") or "collx-tune.json"
+        only = [x.strip() for x in a.candidates.split(",")] if a.candidates else None
         return tune.tune(bench, ops, sizes, path, a.tune_check or a.check_only,
-                         max(1, a.check_rounds), check_only=a.check_only)
+                         max(1, a.check_rounds), check_only=a.check_only,
+                         sweep_rounds=max(1, a.sweep_rounds), only=only)
     return bench.run(ops, sizes)
 
 

@@ -5,7 +5,14 @@ loses" in the same run.
 Steps (every rank runs the same loop, so every collective matches):
   1. for each op and each registered algorithm that can serve this world size, force it
      (the communicator's COLLX_ALGO spec is swapped for ``op:algo``) and time every size
-     exactly as a normal collx-bench row (same measure, same JSON record);
+     exactly as a normal collx-bench row (same measure, same JSON record).
+     ``--sweep-rounds R`` (R > 1) interleaves instead: R rounds, each timing every size with
+     every algorithm back to back (the algorithms' order rotated by one per round), so that
+     all candidates of a size are timed within seconds of each other and each at R spread
+     moments; a table entry is then the best of its R rounds (records carry
+     ``sweep_round``). On a shared or oversubscribed machine one algorithm-after-another
+     sweep lets the machine's drift (2x over minutes here) decide the ranking;
+     ``--candidates a,b`` restricts the algorithms swept;
   2. rank 0 writes ``{"version": 1, "entries": [{op, np, hosts, nbytes, algo, us}]}``;
   3. with ``--tune-check``: the table is loaded into this job's Selector and every size is
      timed once more with nothing forced ("auto"), and right after it the sweep's fastest
@@ -59,13 +66,59 @@ def _read_table(path: str, n: int) -> tuple[list[dict], dict[tuple[str, int], tu
     return entries, best
 
 
-def tune(bench: Any, ops: list[str], sizes: list[int], path: str, check: bool,
-         rounds: int = 1, check_only: bool = False) -> int:
-    """Run steps 1-3 (module docstring) on ``bench`` (a collx.bench.cli.Bench); returns the
-    exit code (1 when any result was wrong). ``check_only``: skip steps 1-2 and check the
-    table already in ``path`` (every rank reads it)."""
+def sweep_order(algos: list[str], rnd: int) -> list[str]:
+    """Round ``rnd``'s order of the algorithms of one size: rotated by one per round, so that
+    no algorithm always runs first (right after the previous size) or last."""
+    k = rnd % len(algos) if algos else 0
+    return algos[k:] + algos[:k]
+
+
+def sweep(bench: Any, ops: list[str], sizes: list[int], sweep_rounds: int = 1,
+          only: list[str] | None = None) -> tuple[list[dict], int]:
+    """Step 1: every candidate algorithm of every op and size timed; returns the table's
+    entries (per (op, size, algo) the best of the rounds) and the count of wrong elements."""
     comm, n = bench.comm, bench.n
     hosts = comm.topology.hosts_count if comm.topology is not None else 1
+    entries: list[dict] = []
+    wrong = 0
+    for op in [o for o in ops if o in TUNABLE]:
+        algos = [a for a in candidates(op, n, comm.servers) if not only or a in only]
+        if sweep_rounds <= 1:               # one algorithm after another, every size each
+            plan = [(0, algo, size) for algo in algos for size in sizes]
+        else:                               # rounds; in each, a size's algorithms adjacent
+            plan = [(rnd, algo, size) for rnd in range(sweep_rounds) for size in sizes
+                    for algo in sweep_order(algos, rnd)]
+        times: dict[tuple[str, int], list[float]] = {}
+        shown = None
+        for rnd, algo, size in plan:
+            _set_forced(comm, f"{op}:{algo}")
+            if sweep_rounds <= 1 and shown != algo:
+                bench.say(f"# tune: {op} forced {algo}")
+            elif sweep_rounds > 1 and shown != (rnd, size):
+                bench.say(f"# tune: {op} {size} B, round {rnd + 1}/{sweep_rounds}: "
+                          f"{', '.join(sweep_order(algos, rnd))}")
+            shown = algo if sweep_rounds <= 1 else (rnd, size)
+            row, rec = bench.one(op, size)
+            if sweep_rounds > 1:
+                rec["sweep_round"] = rnd
+            wrong += rec.get("wrong") or 0
+            bench.emit_record(rec)
+            times.setdefault((algo, row.nbytes), []).append(row.oop.us)
+        for (algo, nbytes), us in times.items():
+            # the least disturbed round: interference only ever adds time
+            entries.append({"op": op, "np": n, "hosts": hosts, "nbytes": nbytes,
+                            "algo": algo, "us": round(min(us), 3)})
+    return entries, wrong
+
+
+def tune(bench: Any, ops: list[str], sizes: list[int], path: str, check: bool,
+         rounds: int = 1, check_only: bool = False, sweep_rounds: int = 1,
+         only: list[str] | None = None) -> int:
+    """Run steps 1-3 (module docstring) on ``bench`` (a collx.bench.cli.Bench); returns the
+    exit code (1 when any result was wrong). ``check_only``: skip steps 1-2 and check the
+    table already in ``path`` (every rank reads it). ``sweep_rounds``/``only``: step 1's
+    interleaved rounds and the algorithms it is restricted to."""
+    comm, n = bench.comm, bench.n
     saved = comm.spec
     entries: list[dict] = []
     best: dict[tuple[str, int], tuple[float, str]] = {}
@@ -73,21 +126,12 @@ def tune(bench: Any, ops: list[str], sizes: list[int], path: str, check: bool,
     if check_only:
         entries, best = _read_table(path, n)
         bench.say(f"# tune check of {path}: {len(entries)} entries for np {n}")
-    for op in [o for o in ops if o in TUNABLE and not check_only]:
-        for algo in candidates(op, n, comm.servers):
-            _set_forced(comm, f"{op}:{algo}")
-            bench.say(f"# tune: {op} forced {algo}")
-            for size in sizes:
-                row, rec = bench.one(op, size)
-                wrong += rec.get("wrong") or 0
-                bench.emit_record(rec)
-                if row.algo != algo:          # e.g. a one-level hier builds the flat ring
-                    pass
-                entries.append({"op": op, "np": n, "hosts": hosts, "nbytes": row.nbytes,
-                                "algo": algo, "us": round(row.oop.us, 3)})
-                key = (op, row.nbytes)
-                if key not in best or row.oop.us < best[key][0]:
-                    best[key] = (row.oop.us, algo)
+    else:
+        entries, wrong = sweep(bench, ops, sizes, sweep_rounds, only)
+        for e in entries:
+            key = (e["op"], e["nbytes"])
+            if key not in best or e["us"] < best[key][0]:
+                best[key] = (e["us"], e["algo"])
     _set_forced(comm, saved.text if saved else None)
     if bench.rank == 0 and not check_only:
         with open(path, "w") as f:
