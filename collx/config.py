@@ -57,6 +57,8 @@ KNOBS: dict[str, Knob] = {k.name: k for k in [
          "by collx.topo (cost model, tune table)"),
     Knob("COLLX_SPIN", int, None, "idle passes a waiting rank spins before yielding its core "
          "(default: 4096, or 0 when this host runs more ranks than it has cores)"),
+    Knob("COLLX_YIELD_US", float, 50.0, "when ranks outnumber cores (no spinning): "
+         "microseconds a waiting rank yields its core before it sleeps on the doorbells"),
     Knob("COLLX_SHM_EAGER_BYTES", int, 16384, "messages up to this size are copied through "
          "the shared-memory queue; larger ones are read directly from the sender's memory"),
     Knob("COLLX_REDUCE_VARIANT", str, "auto", "scalar | avx2 | avx512 | auto: cap the "

@@ -135,6 +135,14 @@ def spin_for(records: list, rank: int) -> int:
     return 0 if sharing > (cores or 1) else 4096
 
 
+def yield_us() -> float:
+    """COLLX_YIELD_US: how long a waiting rank that does not spin yields before sleeping."""
+    us = config.get("COLLX_YIELD_US")
+    if us < 0:
+        raise InvalidUsage(f"COLLX_YIELD_US={us} must be >= 0 (microseconds)")
+    return us
+
+
 def _locality(rank: int, records: list) -> tuple[int, int, int, int]:
     hosts: list[str] = []
     for rec in records:
@@ -184,7 +192,7 @@ def init_communicator(timeout: float | None = None) -> Communicator:
     comm.local_size = _override("COLLX_LOCAL_SIZE", ls)
     comm.cross_rank = _override("COLLX_CROSS_RANK", cr)
     comm.cross_size = _override("COLLX_CROSS_SIZE", cs)
-    comm.ccomm.set_spin(spin_for(all_records, rank))
+    comm.ccomm.set_spin(spin_for(all_records, rank), yield_us())
     attach_selection(comm, store, f"collx/g{generation}", timeout)
     return comm
 
@@ -242,7 +250,7 @@ def init_server_communicator(index: int, timeout: float | None = None,
                                             auth.secret_from_env(), wait,
                                             prefix=f"collx/g{generation}")
     comm.host_groups = host_groups(records[:workers])
-    comm.ccomm.set_spin(spin_for(records, rank))
+    comm.ccomm.set_spin(spin_for(records, rank), yield_us())
     return comm
 
 

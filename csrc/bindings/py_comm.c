@@ -309,9 +309,12 @@ static PyObject *Comm_allreduce_fast(CommObject *self, PyObject *const *args, Py
 static PyObject *Comm_set_spin(CommObject *self, PyObject *args)
 {
     unsigned long spin;
-    if (!PyArg_ParseTuple(args, "k", &spin) || !live(self))
+    double yield_us = -1;
+    if (!PyArg_ParseTuple(args, "k|d", &spin, &yield_us) || !live(self))
         return NULL;
     self->comm->spin = spin;
+    if (yield_us >= 0)
+        self->comm->yield_s = yield_us * 1e-6;
     Py_RETURN_NONE;
 }
 
@@ -349,7 +352,8 @@ static PyMethodDef Comm_methods[] = {
      "allreduce_fast(x, out, redop) -> out, or None to take the Python path"},
     {"set_timeout", (PyCFunction)Comm_set_timeout, METH_VARARGS, "default timeout, seconds"},
     {"set_spin", (PyCFunction)Comm_set_spin, METH_VARARGS,
-     "idle passes that pause before yielding the core"},
+     "set_spin(spin[, yield_us]): idle passes that pause before yielding the core; with "
+     "spin 0, microseconds a wait yields before it sleeps (default 50)"},
     {"broken", (PyCFunction)Comm_broken, METH_NOARGS, "True after a transport error"},
     {NULL, NULL, 0, NULL},
 };

@@ -52,6 +52,7 @@ cx_status cx_comm_create(int rank, int size, cx_comm **out)
     c->rank = rank;
     c->size = size;
     c->spin = 4096;
+    c->yield_s = 50e-6;
     *out = c;
     return CX_OK;
 }
@@ -163,21 +164,35 @@ static int first_waiting_peer(const cx_plan *p, const uint8_t *state)
     return -1;
 }
 
-/* Yields before sleeping when spinning is off (more ranks than cores): a few, so that a
- * peer that is about to answer gets the core, then sleep until a doorbell or socket. */
-#define CX_IDLE_YIELDS_NOSPIN 16
+/* Spinning on: CX_IDLE_YIELDS yields after the spins, then sleep. Spinning off (more ranks
+ * than cores): yield for c->yield_s of wall time, then sleep until a doorbell or socket.
+ * The window is time, not a count: a yield returns at once when no other process waits for
+ * this core, so 16 yields were ~5 us — shorter than a peer's Python between two collectives
+ * — and a rank that slept costs a doorbell wake-up (tens of us in a VM) on every hop. With
+ * 4 ranks on 2 cores a count of 16 made an 8-byte allgather (two collectives) 300-900 us;
+ * a 50 us window makes it ~60 us (200 us: no better, and training at np 4 lost ~10%). */
 #define CX_IDLE_YIELDS 65536
 #define CX_IDLE_SLEEP_MS 2
 
-static cx_status idle_wait(cx_comm *c, unsigned long idle)
+static cx_status idle_wait(cx_comm *c, unsigned long idle, double *yield_since)
 {
     if (idle < c->spin) {
         cpu_relax();
         return CX_OK;
     }
-    if (idle < c->spin + (c->spin ? CX_IDLE_YIELDS : CX_IDLE_YIELDS_NOSPIN)) {
-        sched_yield();
-        return CX_OK;
+    if (c->spin) {
+        if (idle < c->spin + CX_IDLE_YIELDS) {
+            sched_yield();
+            return CX_OK;
+        }
+    } else if (c->yield_s > 0) {
+        double now = cx_now();
+        if (*yield_since == 0)
+            *yield_since = now;
+        if (now - *yield_since < c->yield_s) {
+            sched_yield();
+            return CX_OK;
+        }
     }
     /* long wait: sleep on the sockets / shm doorbells (bounded, for the periodic checks) */
     struct pollfd fds[64];
@@ -230,6 +245,7 @@ cx_status cx_execute(cx_comm *c, const cx_plan *p, const cx_call *call)
     double next_check = 0;
     int first = 0, ndone = 0;
     unsigned long idle = 0;
+    double yield_since = 0;          /* when this wait began yielding (spinning off) */
     int retried_dead = 0;
     cx_status st;
 
@@ -291,6 +307,7 @@ cx_status cx_execute(cx_comm *c, const cx_plan *p, const cx_call *call)
             first++;
         if (moved) {
             idle = 0;
+            yield_since = 0;
             retried_dead = 0;
             continue;
         }
@@ -320,7 +337,7 @@ cx_status cx_execute(cx_comm *c, const cx_plan *p, const cx_call *call)
                 }
             }
         }
-        idle_wait(c, idle);
+        idle_wait(c, idle, &yield_since);
     }
     /* Not conditioned on this rank's steps reducing: a rank whose ring block is empty
      * receives only finished sums and must still divide them. */

@@ -33,6 +33,7 @@ typedef struct cx_comm {
     int broken;              /* set after a transport error: every later call fails fast */
     unsigned long spin;      /* idle passes that only pause before yielding the core (0 when
                               * ranks outnumber cores: a spinning rank steals the peer's CPU) */
+    double yield_s;          /* spin 0: seconds a wait yields the core before it sleeps */
     char broken_msg[512];
     /* per-call state, grown on demand and reused */
     cx_xfer *xfers;
