@@ -206,3 +206,11 @@ def test_sweep_rounds_need_tune():
                           "2"], env=clean_env(), cwd=str(REPO), capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 2 and "--sweep-rounds and --candidates go with --tune" in res.stderr
+
+
+def test_unknown_candidate_is_refused():
+    res = subprocess.run([sys.executable, "-m", "collx.bench", "allreduce", "--tune", "t.json",
+                          "--candidates", "ring,rnig"], env=clean_env(), cwd=str(REPO),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "--candidates: ['rnig'] is not an algorithm of allreduce" \
+        in res.stderr, res.stderr

@@ -269,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sweep-rounds and --candidates go with --tune (the sweep they shape)")
     if a.sweep_rounds < 1:
         parser.error("--sweep-rounds must be >= 1")
+    if a.candidates:
+        from ..algos.registry import ALGORITHMS
+        known = {name for op in ops for name in ALGORITHMS.get(op, {})}
+        bad = [x.strip() for x in a.candidates.split(",") if x.strip() not in known]
+        if bad:
+            parser.error(f"--candidates: {bad} is not an algorithm of {', '.join(ops)} "
+                         f"(known: {', '.join(sorted(known))})")
     if a.algo is not None:
         os.environ["COLLX_ALGO"] = a.algo     # read once, by collx.init() in Bench
     bench = Bench(a)
