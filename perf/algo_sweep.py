@@ -117,25 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     wanted = args.algos.split(",") if args.algos else None
     failures = 0
     for op in args.ops.split(","):
-        if args.interleave:
-            names = algos_for(op, n, servers, wanted)
-            out = out_dir / f"{tag}-{op}-interleaved.jsonl"
+        names = algos_for(op, n, servers, wanted)
+        # one job of every name interleaved, or one job per name
+        jobs = [("interleaved", names)] if args.interleave else [(a, a) for a in names]
+        for label, what in jobs:
+            out = out_dir / f"{tag}-{op}-{label}.jsonl"
             if not args.append:
                 out.unlink(missing_ok=True)
             t0 = time.monotonic()
-            rc = launch(args, op, names, out)
+            rc = launch(args, op, what, out)
             failures += rc != 0
-            print(f"{tag} {op:13s} {','.join(names)} x{args.interleave} rc={rc} "
-                  f"{time.monotonic() - t0:6.1f} s -> {out}", flush=True)
-            continue
-        for algo in algos_for(op, n, servers, wanted):
-            out = out_dir / f"{tag}-{op}-{algo}.jsonl"
-            if not args.append:
-                out.unlink(missing_ok=True)
-            t0 = time.monotonic()
-            rc = launch(args, op, algo, out)
-            failures += rc != 0
-            print(f"{tag} {op:13s} {algo:12s} rc={rc} {time.monotonic() - t0:6.1f} s -> {out}",
+            shown = f"{','.join(names)} x{args.interleave}" if args.interleave else f"{label:12s}"
+            print(f"{tag} {op:13s} {shown} rc={rc} {time.monotonic() - t0:6.1f} s -> {out}",
                   flush=True)
     return 1 if failures else 0
 

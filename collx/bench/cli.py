@@ -269,10 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sweep-rounds and --candidates go with --tune (the sweep they shape)")
     if a.sweep_rounds < 1:
         parser.error("--sweep-rounds must be >= 1")
-    if a.candidates:
+    only = [x.strip() for x in a.candidates.split(",")] if a.candidates else None
+    if only:
         from ..algos.registry import ALGORITHMS
         known = {name for op in ops for name in ALGORITHMS.get(op, {})}
-        bad = [x.strip() for x in a.candidates.split(",") if x.strip() not in known]
+        bad = [x for x in only if x not in known]
         if bad:
             parser.error(f"--candidates: {bad} is not an algorithm of {', '.join(ops)} "
                          f"(known: {', '.join(sorted(known))})")
@@ -287,7 +288,6 @@ def main(argv: list[str] | None = None) -> int:
         from . import tune
         from .. import config
         path = a.tune or config.get("COLLX_TUNE_FILE") or "collx-tune.json"
-        only = [x.strip() for x in a.candidates.split(",")] if a.candidates else None
         return tune.tune(bench, ops, sizes, path, a.tune_check or a.check_only,
                          max(1, a.check_rounds), check_only=a.check_only,
                          sweep_rounds=max(1, a.sweep_rounds), only=only)

@@ -92,12 +92,12 @@ def sweep(bench: Any, ops: list[str], sizes: list[int], sweep_rounds: int = 1,
         shown = None
         for rnd, algo, size in plan:
             _set_forced(comm, f"{op}:{algo}")
-            if sweep_rounds <= 1 and shown != algo:
-                bench.say(f"# tune: {op} forced {algo}")
-            elif sweep_rounds > 1 and shown != (rnd, size):
-                bench.say(f"# tune: {op} {size} B, round {rnd + 1}/{sweep_rounds}: "
+            group = algo if sweep_rounds <= 1 else (rnd, size)    # one progress line each
+            if group != shown:
+                bench.say(f"# tune: {op} forced {algo}" if sweep_rounds <= 1 else
+                          f"# tune: {op} {size} B, round {rnd + 1}/{sweep_rounds}: "
                           f"{', '.join(sweep_order(algos, rnd))}")
-            shown = algo if sweep_rounds <= 1 else (rnd, size)
+                shown = group
             row, rec = bench.one(op, size)
             if sweep_rounds > 1:
                 rec["sweep_round"] = rnd
